@@ -116,15 +116,18 @@ def _source_index(size: int, target: int = GRID) -> npt.NDArray[np.intp]:
     return np.minimum(((np.arange(target) + 0.5) * size / target).astype(np.intp), size - 1)
 
 
+def resize_nearest(wafer_map: npt.NDArray[np.uint8], rows: int, cols: int) -> npt.NDArray[np.uint8]:
+    """Resize a (H, W) map to (rows, cols) by nearest neighbour, centre aligned."""
+    h, w = wafer_map.shape
+    return np.ascontiguousarray(wafer_map[np.ix_(_source_index(h, rows), _source_index(w, cols))])
+
+
 def to_grid(wafer_map: npt.NDArray[np.uint8], size: int = GRID) -> npt.NDArray[np.uint8]:
     """Resize a canonical (rows, cols) map to the (size, size) grid by nearest neighbour.
 
     The input is assumed valid (see `validate_map`).
     """
-    rows, cols = wafer_map.shape
-    return np.ascontiguousarray(
-        wafer_map[np.ix_(_source_index(rows, size), _source_index(cols, size))]
-    )
+    return resize_nearest(wafer_map, size, size)
 
 
 def to_tokens(grid: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
