@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -67,12 +68,15 @@ class WaferDataset:
     def subset(self, index: npt.NDArray[np.integer]) -> WaferDataset:
         """A new dataset with the rows at ``index`` (in that order), values copied."""
         index = np.asarray(index, dtype=np.int64)
-        sizes = (self.offsets[1:] - self.offsets[:-1])[index]
+        starts = self.offsets[index]
+        sizes = self.offsets[index + 1] - starts
         offsets = np.zeros(len(index) + 1, dtype=np.int64)
         np.cumsum(sizes, out=offsets[1:])
-        values = np.empty(int(offsets[-1]), dtype=np.uint8)
-        for j, i in enumerate(index):
-            values[offsets[j] : offsets[j + 1]] = self.values[self.offsets[i] : self.offsets[i + 1]]
+        # One gather: position k of the output reads starts[row of k] + (k - offsets[row of k]).
+        gather = np.arange(int(offsets[-1]), dtype=np.int64) + np.repeat(
+            starts - offsets[:-1], sizes
+        )
+        values = self.values[gather]
         return WaferDataset(
             values=values,
             offsets=offsets,
@@ -88,7 +92,7 @@ class WaferDataset:
     @classmethod
     def from_maps(
         cls,
-        maps: list[npt.NDArray[np.integer]],
+        maps: Sequence[npt.NDArray[np.integer[Any]]],
         labels: npt.ArrayLike | None = None,
         *,
         split: npt.ArrayLike | None = None,

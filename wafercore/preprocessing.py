@@ -150,7 +150,7 @@ def dataset_to_grids(dataset: WaferDataset, size: int = GRID) -> npt.NDArray[np.
     out = np.empty((n, size, size), dtype=np.uint8)
     if n == 0:
         return out
-    shape_keys = dataset.shapes[:, 0].astype(np.int64) * (MAX_SIDE + 1) + dataset.shapes[:, 1]
+    shape_keys = dataset.shapes[:, 0].astype(np.int64) * (1 << 31) + dataset.shapes[:, 1]
     order = np.argsort(shape_keys, kind="stable")
     bounds = np.flatnonzero(np.diff(shape_keys[order])) + 1
     for group in np.split(order, bounds):

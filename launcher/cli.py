@@ -1,0 +1,155 @@
+"""``wafer-platform``: every tier on one machine, and data tools shared by all of them."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import click
+import numpy as np
+
+from launcher.settings import PlatformSettings
+from wafercore.classes import DefectClass
+from wafercore.dataset import UNLABELLED, WaferDataset
+from wafercore.features import spatial_features
+from wafercore.preprocessing import dataset_to_grids
+from wafercore.readers.lswmd import convert_lswmd, read_lswmd
+from wafercore.readers.npz import read_npz
+from wafercore.synthetic import generate_dataset
+
+TIERS = (
+    ("fab server", "wafer-fab serve", "gRPC aggregation, review queue and API on SQLite"),
+    ("edge node x2", "wafer-edge serve", "/classify with the halting runtime, outbox, OTA agent"),
+    ("cloud", "wafer-cloud serve", "training, registry, drift and rollouts"),
+)
+
+
+@click.group(help="Wafer defect platform: run every tier on one machine, inspect data.")
+@click.version_option(package_name="wafer-platform")
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """Entry point of ``wafer-platform``."""
+    ctx.obj = PlatformSettings()
+
+
+@main.group(help="Inspect and convert wafer map data.")
+def data() -> None:
+    """Data subcommands."""
+
+
+def _load(path: Path) -> WaferDataset:
+    if path.suffix == ".pkl":
+        return read_lswmd(path)
+    return read_npz(path)
+
+
+@data.command("stats", help="Class and split counts of a WM-811K npz file or LSWMD.pkl.")
+@click.option(
+    "--data",
+    "path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="npz file in the platform's layout, or the original LSWMD.pkl.",
+)
+def data_stats(path: Path) -> None:
+    """Print class x split counts, sizes and lots of a data file."""
+    started = time.perf_counter()
+    ds = _load(path)
+    elapsed = time.perf_counter() - started
+    click.echo(
+        f"{path}: {len(ds):,} maps, {len(np.unique(ds.lot)):,} lots, read in {elapsed:.1f} s"
+    )
+    splits = sorted(set(ds.split.tolist()))
+    click.echo(_class_split_table(ds, splits))
+    shapes = {tuple(s) for s in ds.shapes.tolist()}
+    rows, cols = ds.shapes[:, 0], ds.shapes[:, 1]
+    click.echo(
+        f"{len(shapes)} distinct map shapes, rows {rows.min()}-{rows.max()}, "
+        f"cols {cols.min()}-{cols.max()}, median {int(np.median(rows))}x{int(np.median(cols))}"
+    )
+
+
+def _class_split_table(ds: WaferDataset, splits: list[str]) -> str:
+    counts = Counter(zip(ds.labels.tolist(), ds.split.tolist(), strict=True))
+    names = [s or "(none)" for s in splits]
+    lines = [f"{'id':>3} {'class':<10} {'WM-811K':<10}" + "".join(f"{n:>11}" for n in names)]
+    lines[0] += f"{'total':>11}"
+    keys: list[int] = [int(c) for c in DefectClass]
+    if (ds.labels == UNLABELLED).any():
+        keys.append(UNLABELLED)
+    for key in keys:
+        if key == UNLABELLED:
+            head = f"{'':>3} {'unlabelled':<10} {'':<10}"
+        else:
+            cls = DefectClass(key)
+            head = f"{key:>3} {cls.display_name:<10} {cls.wm811k_label:<10}"
+        row = [counts[(key, s)] for s in splits]
+        lines.append(head + "".join(f"{v:>11,}" for v in row) + f"{sum(row):>11,}")
+    totals = [sum(v for (_, s), v in counts.items() if s == split) for split in splits]
+    lines.append(
+        f"{'':>3} {'total':<21}" + "".join(f"{v:>11,}" for v in totals) + f"{len(ds):>11,}"
+    )
+    return "\n".join(lines)
+
+
+@data.command("convert", help="Convert the original LSWMD.pkl to the platform's npz layout.")
+@click.argument("pkl", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("npz", type=click.Path(dir_okay=False, path_type=Path))
+def data_convert(pkl: Path, npz: Path) -> None:
+    """Write LSWMD.pkl as an npz file that `read_npz` reads."""
+    convert_lswmd(pkl, npz)
+    click.echo(f"wrote {npz}")
+
+
+@main.command(help="Run the main job on embedded defaults (no servers to install).")
+@click.option("--per-class", default=50, show_default=True, help="Synthetic wafers per class.")
+@click.option("--seed", default=0, show_default=True, help="Random seed.")
+@click.pass_obj
+def demo(settings: PlatformSettings, per_class: int, seed: int) -> None:
+    """Generate wafers of every class, preprocess them and show what they look like."""
+    rng = np.random.default_rng(seed)
+    started = time.perf_counter()
+    ds = generate_dataset(per_class, rng)
+    grids = dataset_to_grids(ds)
+    feats = spatial_features(grids)
+    elapsed = (time.perf_counter() - started) * 1000
+    click.echo(
+        f"Generated and preprocessed {len(ds):,} synthetic wafers of every class to "
+        f"{grids.shape[1]}x{grids.shape[2]} grids in {elapsed:.0f} ms.\n"
+    )
+    click.echo(
+        f"{'id':>3} {'class':<10} {'wafers':>7} {'map rows':>9} {'fail share':>11} "
+        f"{'centroid':>9} {'entropy':>8}"
+    )
+    examples = []
+    for cls in DefectClass:
+        idx = np.flatnonzero(ds.labels == cls)
+        rows = ds.shapes[idx, 0]
+        click.echo(
+            f"{int(cls):>3} {cls.display_name:<10} {len(idx):>7} "
+            f"{f'{rows.min()}-{rows.max()}':>9} {feats.defect_ratio[idx].mean():>11.3f} "
+            f"{feats.centroid_distance[idx].mean():>9.2f} {feats.spatial_entropy[idx].mean():>8.2f}"
+        )
+        examples.append((cls.display_name, grids[idx[0]]))
+    click.echo("\nOne preprocessed example per class (. pass, # fail, blank outside the wafer):")
+    for i in range(0, len(examples), 3):
+        row = examples[i : i + 3]
+        click.echo("  ".join(f"{name:<26}" for name, _ in row))
+        drawn = [_ascii(grid).splitlines() for _, grid in row]
+        for line in zip(*drawn, strict=True):
+            click.echo("  ".join(line))
+    if settings.data_dir is not None:
+        sample = settings.data_dir / "sample_stratified.npz"
+        if sample.exists():
+            real = read_npz(sample)
+            click.echo(f"\nReal maps ({sample}): {len(real):,} wafers")
+            click.echo(_class_split_table(real, sorted(set(real.split.tolist()))))
+    click.echo("\nTiers this demo starts:")
+    for name, command, what in TIERS:
+        click.echo(f"  - {name:<13} {command:<18} {what}: not built yet, follows in later issues")
+
+
+def _ascii(grid: np.ndarray) -> str:
+    chars = np.array([".", "#", " "])
+    return "\n".join("".join(row) for row in chars[grid])
