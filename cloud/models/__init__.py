@@ -1,0 +1,1 @@
+"""Model definitions: pure ``nn.Module``s with typed configs and no I/O."""
