@@ -1,0 +1,109 @@
+"""``wafer-cloud evaluate``: a model directory on a data file, through the exported runtime.
+
+What is measured is what the edge runs: the ONNX graph under ONNX Runtime with the halting
+threshold and temperature from the model's manifest (both tuned on validation lots).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cloud.evaluation.metrics import halted_predictions
+from cloud.evaluation.plots import write_plots
+from cloud.evaluation.report import build_report, write_report
+from cloud.training.data import Part, evaluation_part
+from wafercore.readers.npz import file_sha256
+from wafercore.runtime import ModelRuntime
+
+LATENCY_SAMPLES = 300
+THROUGHPUT_BATCH = 64
+
+
+def measure_compute(model_dir: Path, tokens: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """Latency at batch 1 (p50/p90/p99, with halting, one thread) and throughput at batch 64."""
+    runtime = ModelRuntime.load(model_dir, threads=1)
+    rng = np.random.default_rng(seed)
+    sample = tokens[rng.choice(len(tokens), size=min(LATENCY_SAMPLES, len(tokens)), replace=False)]
+    times = []
+    for row in sample:
+        started = time.perf_counter()
+        runtime.predict(row[None, :])
+        times.append((time.perf_counter() - started) * 1000)
+    batches = [
+        tokens[i : i + THROUGHPUT_BATCH]
+        for i in range(0, min(len(tokens), 20 * THROUGHPUT_BATCH), THROUGHPUT_BATCH)
+    ]
+    started = time.perf_counter()
+    for batch in batches:
+        runtime.predict(batch)
+    elapsed = time.perf_counter() - started
+    p50, p90, p99 = np.percentile(times, [50, 90, 99])
+    return {
+        "latency_ms": {"p50": float(p50), "p90": float(p90), "p99": float(p99)},
+        "throughput_per_s": sum(len(b) for b in batches) / elapsed,
+    }
+
+
+def load_baselines(dirs: list[Path]) -> dict[str, dict[str, Any]]:
+    """Baselines' headline figures from their ``report.json``, keyed by model version."""
+    out = {}
+    for d in dirs:
+        report = json.loads((d / "report.json").read_text())
+        out[report["model_version"]] = {
+            "macro_f1": report["macro_f1"],
+            "accuracy": report["accuracy"],
+            "per_class_f1": {name: v["f1"] for name, v in report["per_class"].items()},
+        }
+    return out
+
+
+def evaluate_model(
+    model_dir: Path,
+    data_path: Path,
+    protocol: str,
+    out_dir: Path,
+    *,
+    baseline_dirs: list[Path] | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Evaluate ``model_dir`` on the test part of ``data_path``; writes report and plots."""
+    part: Part = evaluation_part(data_path, protocol, val_fraction, seed)
+    runtime = ModelRuntime.load(model_dir, threads=2)
+    manifest = runtime.manifest
+    tokens = part.grids.reshape(len(part), -1)
+    probs, halt = runtime.predict_all_steps(tokens)
+    _, steps = halted_predictions(probs, halt, manifest.halt_threshold)
+    compute = measure_compute(model_dir, tokens, seed)
+    compute["params"] = manifest.extra.get("params")
+    compute["gflops_per_wafer"] = float(manifest.extra.get("gflops_per_step", 0.0) * steps.mean())
+    compute["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    report = build_report(
+        y_true=part.labels,
+        compute=compute,
+        model_version=manifest.version,
+        data={
+            "path": str(data_path),
+            "sha256": file_sha256(data_path),
+            "protocol": protocol,
+            "split": "Test" if protocol == "official" else "random-test",
+            "n": len(part),
+        },
+        probs_per_step=probs if manifest.kind == "trm" else None,
+        halt_per_step=halt if manifest.kind == "trm" else None,
+        probs=None if manifest.kind == "trm" else probs[0],
+        shapes=part.shapes,
+        halt_threshold=manifest.halt_threshold if manifest.kind == "trm" else None,
+        baselines=load_baselines(baseline_dirs or []),
+        grids=part.grids,
+        review_threshold=manifest.review_threshold,
+    )
+    figures = write_plots(out_dir, report, part.grids, history=manifest.extra.get("history"))
+    write_report(report, out_dir, figures=figures)
+    return report
