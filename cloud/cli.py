@@ -1,9 +1,113 @@
 """Command line of the cloud tier (``wafer-cloud``)."""
 
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
 import click
+
+from cloud.settings import CloudSettings
 
 
 @click.group(help="Cloud tier: training, evaluation, model registry, drift detection and rollouts.")
 @click.version_option(package_name="wafer-platform")
-def main() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Log progress at INFO level.")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
     """Entry point of ``wafer-cloud``."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    ctx.obj = CloudSettings()
+
+
+@main.command(help="Train a model from a YAML config; resumable; exports and evaluates it.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="Training config (configs/*.yaml).",
+)
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), help="Checkpoints.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Model directory.")
+@click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint.")
+@click.pass_obj
+def train(
+    settings: CloudSettings, config_path: Path, run_dir: Path | None, out: Path | None, resume: bool
+) -> None:
+    """Run a training config end to end."""
+    from cloud.training.config import load_config
+    from cloud.training.pipeline import run_training
+
+    try:
+        config = load_config(config_path)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--config") from None
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    run_dir = run_dir or settings.work_dir / "runs" / config.version
+    model_dir = run_training(config, settings, run_dir, out=out, resume=resume)
+    click.echo(f"model written to {model_dir}")
+
+
+@main.command(help="Evaluate a model directory on a data file; writes report.json, .md, plots.")
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    required=True,
+    help="Model directory (model.onnx + model.json).",
+)
+@click.option(
+    "--data",
+    "data_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="npz file; a file of Test lots only is the test set as a whole.",
+)
+@click.option("--protocol", type=click.Choice(["official", "random"]), default="official")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option(
+    "--baseline",
+    "baselines",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Model directory with a report.json to compare against (repeatable).",
+)
+def evaluate(
+    model_dir: Path, data_path: Path, protocol: str, out: Path, baselines: tuple[Path, ...]
+) -> None:
+    """Write the evaluation report of a model."""
+    from cloud.evaluation.evaluate import evaluate_model
+
+    report = evaluate_model(model_dir, data_path, protocol, out, baseline_dirs=list(baselines))
+    lo, hi = report["bootstrap_ci"]["macro_f1"]
+    click.echo(
+        f"{report['model_version']} on {report['data']['n']:,} wafers: macro-F1 "
+        f"{report['macro_f1']:.4f} [{lo:.4f}, {hi:.4f}], accuracy {report['accuracy']:.4f}, "
+        f"ECE {report['ece']:.4f}; report in {out}"
+    )
+
+
+@main.command(help="Build a TensorRT engine from a model directory (needs an NVIDIA GPU).")
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    required=True,
+)
+@click.option("--tensorrt", is_flag=True, required=True, help="Build the TensorRT engine.")
+def export(model_dir: Path, tensorrt: bool) -> None:
+    """Optional accelerated artefacts beside the portable ONNX graph."""
+    from cloud.export import TensorRTUnavailable, build_tensorrt
+
+    try:
+        engine = build_tensorrt(model_dir / "model.onnx", model_dir / "model.engine")
+    except TensorRTUnavailable as err:
+        raise click.ClickException(f"no TensorRT engine built: {err}") from None
+    click.echo(f"engine written to {engine}")

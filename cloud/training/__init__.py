@@ -1,0 +1,1 @@
+"""Training: configs, data pipeline, losses, the trainer, calibration."""

@@ -1,0 +1,131 @@
+"""Typed training configs, read from YAML files in ``configs/``.
+
+Every knob of a run lives here so a checkpoint's config reproduces it; nothing else in training
+has a hyper-parameter default of its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cloud.models.trm import TRMConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    """Which data, which protocol."""
+
+    path: Path = Path("labelled.npz")
+    protocol: Literal["official", "random"] = "official"
+    val_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+    limit: int | None = Field(default=None, description="Use at most this many rows (smoke runs).")
+
+
+class TRMModelConfig(_Strict):
+    """Architecture of the TRM (mirrors `cloud.models.trm.TRMConfig`)."""
+
+    dim: int = 48
+    heads: int = 4
+    layers: int = 2
+    mlp_ratio: float = 4.0
+    patch: int = 2
+    mixer: Literal["attention", "mlp"] = "attention"
+    n: int = 2
+    T: int = 2
+    n_sup: int = 3
+    rope_base: float = 100.0
+
+    def build(self) -> TRMConfig:
+        """The model's own config."""
+        return TRMConfig(**self.model_dump())
+
+
+class CNNModelConfig(_Strict):
+    """The brief's 3-block CNN."""
+
+    channels: tuple[int, int, int] = (32, 64, 128)
+
+
+class RulesModelConfig(_Strict):
+    """Decision tree over spatial features."""
+
+    max_depth: int = 10
+    min_samples_leaf: int = 5
+
+
+class OptimConfig(_Strict):
+    """Optimisation and sampling."""
+
+    epochs: int = Field(default=8, ge=1)
+    samples_per_epoch: int | None = Field(default=None, description="None: one pass over train.")
+    batch_size: int = Field(default=128, ge=1)
+    lr: float = Field(default=2e-3, gt=0)
+    weight_decay: float = Field(default=0.05, ge=0)
+    warmup_steps: int = Field(default=200, ge=0)
+    min_lr_ratio: float = Field(default=0.05, ge=0, le=1)
+    grad_clip: float = Field(default=1.0, gt=0)
+    ema_decay: float = Field(default=0.999, ge=0, lt=1)
+    halt_lambda: float = Field(default=0.5, ge=0)
+    class_weighting: Literal["none", "inverse", "effective", "logit_adjust"] = "none"
+    sampling: Literal["natural", "sqrt", "balanced"] = "sqrt"
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+
+
+class AugmentConfig(_Strict):
+    """What makes the model invariant to rotation, noise and wafer size."""
+
+    flips_rotations: bool = True
+    resolution_scale: tuple[float, float] | None = Field(
+        default=(0.6, 1.6),
+        description="Resample each raw map to a random scale in this range before the 26x26 "
+        "grid, so die pitch and map size do not give the class away; None turns it off.",
+    )
+    synthetic_per_class: int = Field(
+        default=0, ge=0, description="Synthetic maps added per rare class (Donut, Near-Full, ...)."
+    )
+
+
+class TrainConfig(_Strict):
+    """One training run."""
+
+    kind: Literal["trm", "cnn", "rules"]
+    version: str = Field(pattern=r"^(trm|cnn|rules)-v\d+\.\d+\.\d+$")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataConfig = DataConfig()
+    trm: TRMModelConfig = TRMModelConfig()
+    cnn: CNNModelConfig = CNNModelConfig()
+    rules: RulesModelConfig = RulesModelConfig()
+    optim: OptimConfig = OptimConfig()
+    augment: AugmentConfig = AugmentConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (paths as strings)."""
+        return self.model_dump(mode="json")
+
+
+def load_config(path: Path) -> TrainConfig:
+    """Read and validate a YAML training config.
+
+    Raises:
+        ValueError: the file is not valid YAML or a field is missing, unknown or out of range;
+            the message names the field.
+    """
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from None
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
+        )
+        raise ValueError(f"{path}: {problems}") from None

@@ -1,0 +1,236 @@
+"""Training data: read once, split by protocol, preprocess once and cache, sample and augment.
+
+The pipeline keeps the raw maps of the training rows in memory because size-invariance
+augmentation resamples the raw map (not the 26x26 grid) to a random resolution first.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from cloud.training.config import AugmentConfig, DataConfig, OptimConfig
+from wafercore.augmentation import augment_batch
+from wafercore.classes import NUM_CLASSES, DefectClass
+from wafercore.dataset import UNLABELLED, WaferDataset
+from wafercore.encoding import GRID
+from wafercore.preprocessing import dataset_to_grids, resize_nearest, to_grid
+from wafercore.readers.npz import file_sha256, read_npz
+from wafercore.splits import TEST, official_split, stratified_split
+from wafercore.synthetic import generate_map
+
+log = logging.getLogger(__name__)
+
+RARE_CLASSES = (DefectClass.DONUT, DefectClass.NEAR_FULL, DefectClass.RANDOM, DefectClass.SCRATCH)
+"""Classes with fewer than ~1,100 labelled maps in WM-811K: synthetic augmentation targets."""
+
+Grids = npt.NDArray[np.uint8]
+Labels = npt.NDArray[np.int64]
+
+
+@dataclass
+class Part:
+    """One part of a split: 26x26 grids, labels, and the raw map shapes (for size buckets)."""
+
+    grids: Grids  # (N, 26, 26)
+    labels: Labels  # (N,)
+    shapes: npt.NDArray[np.int32]  # (N, 2)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class PreparedData:
+    """Everything a run trains and validates on, with where it came from."""
+
+    train_raw: WaferDataset
+    train: Part
+    val: Part
+    test: Part
+    provenance: dict[str, Any]
+
+
+def prepare(config: DataConfig, data_path: Path, cache_dir: Path, seed: int) -> PreparedData:
+    """Read ``data_path``, split it by ``config.protocol`` and preprocess every part once.
+
+    The 26x26 grids and split indices are cached under ``cache_dir`` keyed by the file's
+    sha256, protocol, validation fraction, seed and limit, so a second run (or a resumed one)
+    skips preprocessing.
+    """
+    sha = file_sha256(data_path)
+    dataset = read_npz(data_path)
+    labelled = np.flatnonzero(dataset.labels != UNLABELLED)
+    if config.limit is not None:
+        rng = np.random.default_rng(seed)
+        labelled = np.sort(
+            rng.choice(labelled, size=min(config.limit, len(labelled)), replace=False)
+        )
+    dataset = dataset.subset(labelled)
+    key = f"{sha[:16]}-{config.protocol}-{config.val_fraction}-{seed}-{config.limit}"
+    cache = cache_dir / f"{key}.npz"
+    if cache.exists():
+        cached = np.load(cache)
+        train_idx, val_idx, test_idx = cached["train"], cached["val"], cached["test"]
+        grids = cached["grids"]
+        log.info("preprocessed data from cache %s", cache)
+    else:
+        split = (
+            official_split(dataset, val_fraction=config.val_fraction, seed=seed)
+            if config.protocol == "official"
+            else stratified_split(
+                dataset.labels,
+                (1 - 2 * config.val_fraction, config.val_fraction, config.val_fraction),
+                seed=seed,
+            )
+        )
+        train_idx, val_idx, test_idx = split.train, split.val, split.test
+        grids = dataset_to_grids(dataset)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, grids=grids, train=train_idx, val=val_idx, test=test_idx)
+        tmp.replace(cache)  # atomic: a killed run never leaves half a cache
+
+    def part(idx: npt.NDArray[np.int64]) -> Part:
+        return Part(grids=grids[idx], labels=dataset.labels[idx], shapes=dataset.shapes[idx])
+
+    provenance = {
+        "path": str(data_path),
+        "sha256": sha,
+        "protocol": config.protocol,
+        "val_fraction": config.val_fraction,
+        "seed": seed,
+        "limit": config.limit,
+        "n": {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
+        "train_class_counts": np.bincount(
+            dataset.labels[train_idx], minlength=NUM_CLASSES
+        ).tolist(),
+    }
+    return PreparedData(
+        train_raw=dataset.subset(train_idx),
+        train=part(train_idx),
+        val=part(val_idx),
+        test=part(test_idx),
+        provenance=provenance,
+    )
+
+
+def evaluation_part(data_path: Path, protocol: str, val_fraction: float, seed: int) -> Part:
+    """The test part of a data file for evaluation.
+
+    A file whose labelled rows are all ``Test`` lots is the test set as a whole; otherwise the
+    protocol's split decides (official: its ``Test`` rows; random: the stratified test part).
+    """
+    dataset = read_npz(data_path)
+    dataset = dataset.subset(np.flatnonzero(dataset.labels != UNLABELLED))
+    if protocol == "official":
+        idx = np.flatnonzero(dataset.split == TEST)
+        if len(idx) == 0:
+            raise ValueError(f"{data_path} has no labelled rows of the official Test split")
+    elif protocol == "random":
+        idx = stratified_split(
+            dataset.labels, (1 - 2 * val_fraction, val_fraction, val_fraction), seed=seed
+        ).test
+    else:
+        raise ValueError(f"protocol must be 'official' or 'random', got {protocol!r}")
+    sub = dataset.subset(idx)
+    return Part(grids=dataset_to_grids(sub), labels=sub.labels, shapes=sub.shapes)
+
+
+def add_synthetic(raw: WaferDataset, per_class: int, rng: np.random.Generator) -> WaferDataset:
+    """Append ``per_class`` synthetic maps of every rare class, at the real maps' sizes."""
+    if per_class == 0:
+        return raw
+    maps = [raw.map(i) for i in range(len(raw))]
+    labels = raw.labels.tolist()
+    shapes = raw.shapes[rng.integers(0, len(raw), size=per_class * len(RARE_CLASSES))]
+    for cls, (rows, cols) in zip(np.repeat(RARE_CLASSES, per_class), shapes, strict=True):
+        maps.append(generate_map(DefectClass(cls), rng, int(rows), int(cols)))
+        labels.append(int(cls))
+    return WaferDataset.from_maps(maps, labels=labels, source=raw.source)
+
+
+def sampling_weights(
+    labels: Labels, shapes: npt.NDArray[np.int32], mode: str
+) -> npt.NDArray[np.float64]:
+    """Per-row sampling probability.
+
+    Classes are drawn in proportion to count^a (natural a = 1, sqrt a = 0.5, balanced a = 0);
+    within a class every size bucket (rows and cols in steps of 8) is drawn equally often, so
+    map size stops predicting the class in what the model sees (DESIGN.md §4).
+    """
+    alpha = {"natural": 1.0, "sqrt": 0.5, "balanced": 0.0}[mode]
+    counts = np.bincount(labels, minlength=NUM_CLASSES).astype(np.float64)
+    buckets = (shapes[:, 0] // 8).astype(np.int64) * 1000 + shapes[:, 1] // 8
+    weights = np.zeros(len(labels))
+    for cls in np.flatnonzero(counts):
+        rows = np.flatnonzero(labels == cls)
+        _, inverse, per_bucket = np.unique(buckets[rows], return_inverse=True, return_counts=True)
+        # Each bucket of the class gets an equal share; each class gets count^alpha.
+        within = 1.0 / (per_bucket[inverse] * len(per_bucket))
+        weights[rows] = within * counts[cls] ** alpha
+    return weights / weights.sum()
+
+
+def class_weights(labels: Labels, mode: str, beta: float = 0.999) -> npt.NDArray[np.float64]:
+    """Loss weight per class (mean 1): none, inverse frequency or effective number."""
+    counts = np.maximum(np.bincount(labels, minlength=NUM_CLASSES), 1).astype(np.float64)
+    if mode == "inverse":
+        w = 1.0 / counts
+    elif mode == "effective":  # Cui et al. 2019: (1 - beta) / (1 - beta^n)
+        w = (1 - beta) / (1 - beta**counts)
+    else:
+        w = np.ones(NUM_CLASSES)
+    return w / w.mean()
+
+
+class BatchSampler:
+    """Draws augmented training batches: sampling weights, resolution resampling, flips, noise."""
+
+    def __init__(
+        self, raw: WaferDataset, optim: OptimConfig, augment: AugmentConfig, seed: int
+    ) -> None:
+        self.raw = raw
+        self.optim = optim
+        self.augment = augment
+        self.weights = sampling_weights(raw.labels, raw.shapes, optim.sampling)
+        self.grids = dataset_to_grids(raw)
+
+    def epoch(self, epoch: int, seed: int) -> list[npt.NDArray[np.int64]]:
+        """Index batches of one epoch, deterministic by (seed, epoch)."""
+        rng = np.random.default_rng([seed, epoch])
+        size = self.optim.samples_per_epoch or len(self.raw)
+        idx = rng.choice(len(self.raw), size=size, replace=True, p=self.weights)
+        bs = self.optim.batch_size
+        return [idx[i : i + bs] for i in range(0, size - bs + 1, bs)] or [idx]
+
+    def batch(self, idx: npt.NDArray[np.int64], rng: np.random.Generator) -> tuple[Grids, Labels]:
+        """Augmented (B, 26, 26) grids and labels for the rows ``idx``."""
+        scale = self.augment.resolution_scale
+        if scale is None:
+            grids = self.grids[idx]
+        else:
+            grids = np.empty((len(idx), GRID, GRID), np.uint8)
+            factors = rng.uniform(scale[0], scale[1], size=(len(idx), 2))
+            for j, i in enumerate(idx):
+                grids[j] = resample_to_grid(self.raw.map(int(i)), factors[j])
+        if self.augment.flips_rotations:
+            grids = augment_batch(grids, rng)
+        return grids, self.raw.labels[idx]
+
+
+def resample_to_grid(wafer_map: Grids, factors: npt.NDArray[np.float64]) -> Grids:
+    """Resample a raw map by (row, col) factors with nearest neighbour, then to 26x26.
+
+    Emulates the same wafer tested at another die pitch: what the model sees then no longer
+    tells the map's original size.
+    """
+    rows, cols = wafer_map.shape
+    new_rows = int(np.clip(round(rows * factors[0]), 8, 256))
+    new_cols = int(np.clip(round(cols * factors[1]), 8, 256))
+    return to_grid(resize_nearest(wafer_map, new_rows, new_cols))

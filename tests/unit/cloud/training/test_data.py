@@ -1,0 +1,40 @@
+import numpy as np
+
+from cloud.training.data import class_weights, resample_to_grid, sampling_weights
+from wafercore.encoding import OUT
+
+
+def test_sampling_balances_classes_and_map_sizes() -> None:
+    # Class 0: 90 small maps and 10 large; class 1: 10 small maps.
+    labels = np.array([0] * 100 + [1] * 10)
+    shapes = np.array([[25, 27]] * 90 + [[52, 59]] * 10 + [[25, 27]] * 10, dtype=np.int32)
+    balanced = sampling_weights(labels, shapes, "balanced")
+    assert np.isclose(balanced.sum(), 1)
+    assert np.isclose(balanced[labels == 0].sum(), 0.5)
+    # Within class 0 both size buckets get the same share.
+    assert np.isclose(balanced[:90].sum(), balanced[90:100].sum())
+    natural = sampling_weights(labels, shapes, "natural")
+    assert np.isclose(natural[labels == 0].sum(), 100 / 110)
+    sqrt = sampling_weights(labels, shapes, "sqrt")
+    assert np.isclose(sqrt[labels == 0].sum(), 10 / (10 + np.sqrt(10)))
+
+
+def test_class_weights_have_mean_one_and_favour_rare_classes() -> None:
+    labels = np.array([0] * 90 + [1] * 10)
+    for mode in ("inverse", "effective"):
+        w = class_weights(labels, mode)
+        assert np.isclose(w.mean(), 1)
+        assert w[1] > w[0]
+    assert np.allclose(class_weights(labels, "none"), 1)
+
+
+def test_resolution_resampling_keeps_a_round_wafer_round() -> None:
+    rows, cols = np.mgrid[:40, :50]
+    wafer = np.where(((rows - 19.5) / 20) ** 2 + ((cols - 24.5) / 25) ** 2 <= 1, 0, OUT)
+    wafer = wafer.astype(np.uint8)
+    wafer[18:22, 22:28] = 1  # a centre blob
+    for factors in ([0.6, 0.6], [1.6, 1.0], [0.8, 1.5]):
+        grid = resample_to_grid(wafer, np.array(factors))
+        assert grid.shape == (26, 26)
+        assert grid[0, 0] == OUT and grid[13, 13] == 1
+        assert set(np.unique(grid)) <= {0, 1, 2}

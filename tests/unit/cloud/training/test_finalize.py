@@ -1,0 +1,82 @@
+"""Train, calibrate, export and evaluate a tiny model end to end on synthetic wafers."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cloud.evaluation.evaluate import evaluate_model
+from cloud.evaluation.report import REPORT_KEYS
+from cloud.training.config import TrainConfig
+from cloud.training.data import Part, PreparedData
+from cloud.training.finalize import finalize
+from cloud.training.trainer import BEST, train
+from wafercore.dataset import WaferDataset
+from wafercore.preprocessing import dataset_to_grids
+from wafercore.readers.npz import write_npz
+from wafercore.runtime import ModelRuntime
+from wafercore.synthetic import generate_dataset
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("run")
+    train_raw = generate_dataset(10, np.random.default_rng(1), sizes=(20, 40))
+    val_raw = generate_dataset(6, np.random.default_rng(2), sizes=(20, 40))
+    val = Part(dataset_to_grids(val_raw), val_raw.labels, val_raw.shapes)
+    data = PreparedData(
+        train_raw=train_raw,
+        train=Part(dataset_to_grids(train_raw), train_raw.labels, train_raw.shapes),
+        val=val,
+        test=val,
+        provenance={"path": "synthetic", "sha256": "0" * 64, "protocol": "official", "seed": 0},
+    )
+    config = TrainConfig.model_validate(
+        {
+            "kind": "trm",
+            "version": "trm-v0.0.1",
+            "device": "cpu",
+            "trm": {"dim": 16, "heads": 2, "patch": 4, "n": 1, "T": 2, "n_sup": 3},
+            "optim": {"epochs": 2, "samples_per_epoch": 96, "batch_size": 32, "warmup_steps": 2},
+        }
+    )
+    train(config, data, root)
+    finalize(root / BEST, val, root / "model")
+    return root / "model"
+
+
+def test_finalize_tunes_halting_and_temperature_on_validation(model_dir: Path) -> None:
+    manifest = json.loads((model_dir / "model.json").read_text())
+    assert 0 < manifest["halt_threshold"] <= 1
+    assert 0.05 <= manifest["temperature"] <= 20
+    extra = manifest["extra"]
+    assert extra["validation"]["n"] == 54
+    assert extra["data"]["sha256"] == "0" * 64
+    assert extra["training"]["version"] == "trm-v0.0.1"
+    assert extra["gflops_per_step"] > 0
+    assert len(extra["history"]) == 2
+    runtime = ModelRuntime.load(model_dir)
+    assert runtime.manifest.temperature == pytest.approx(extra["validation"]["temperature"])
+
+
+def test_evaluate_writes_the_stable_report_and_plots(model_dir: Path, tmp_path: Path) -> None:
+    test_raw = generate_dataset(5, np.random.default_rng(3), sizes=(20, 40))
+    test = WaferDataset.from_maps(
+        list(test_raw.maps()),
+        labels=test_raw.labels,
+        split=["Test"] * len(test_raw),
+        lot=test_raw.lot,
+    )
+    path = tmp_path / "test.npz"
+    write_npz(test, path)
+    out = tmp_path / "eval"
+    report = evaluate_model(model_dir, path, "official", out)
+    on_disk = json.loads((out / "report.json").read_text())
+    assert set(REPORT_KEYS) <= set(on_disk)
+    assert on_disk["data"]["n"] == 45 and on_disk["model_version"] == "trm-v0.0.1"
+    assert len(on_disk["per_step_accuracy"]) == 3
+    assert report["gflops_per_wafer"] > 0
+    assert on_disk["latency_ms"]["p50"] <= on_disk["latency_ms"]["p99"]
+    assert (out / "report.md").read_text().count("Scratch") >= 1
+    assert (out / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,86 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cloud.training.config import TrainConfig
+from cloud.training.data import Part, PreparedData
+from cloud.training.trainer import BEST, LAST, load_checkpoint_model, lr_lambda, train
+from wafercore.preprocessing import dataset_to_grids
+from wafercore.synthetic import generate_dataset
+
+
+def _data() -> PreparedData:
+    train_raw = generate_dataset(8, np.random.default_rng(1), sizes=(20, 40))
+    val_raw = generate_dataset(4, np.random.default_rng(2), sizes=(20, 40))
+    val = Part(dataset_to_grids(val_raw), val_raw.labels, val_raw.shapes)
+    return PreparedData(
+        train_raw=train_raw,
+        train=Part(dataset_to_grids(train_raw), train_raw.labels, train_raw.shapes),
+        val=val,
+        test=val,
+        provenance={"path": "synthetic", "sha256": "0" * 64, "protocol": "official", "seed": 0},
+    )
+
+
+def _config(epochs: int, kind: str = "trm") -> TrainConfig:
+    return TrainConfig.model_validate(
+        {
+            "kind": kind,
+            "version": f"{kind}-v0.0.1",
+            "device": "cpu",
+            "trm": {"dim": 16, "heads": 2, "patch": 4, "n": 1, "T": 2, "n_sup": 2},
+            "cnn": {"channels": [4, 8, 8]},
+            "optim": {
+                "epochs": epochs,
+                "samples_per_epoch": 48,
+                "batch_size": 16,
+                "warmup_steps": 2,
+                "sampling": "balanced",
+            },
+        }
+    )
+
+
+def test_checkpoints_carry_config_code_version_and_provenance(tmp_path: Path) -> None:
+    result = train(_config(2), _data(), tmp_path)
+    assert (tmp_path / LAST).exists() and (tmp_path / BEST).exists()
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    model, meta = load_checkpoint_model(tmp_path / BEST)
+    assert meta["config"]["version"] == "trm-v0.0.1"
+    assert meta["data"]["sha256"] == "0" * 64
+    assert meta["code_version"]
+    assert not model.training
+    assert len(result.history[0]["val_step_accuracy"]) == 2
+
+
+def test_resume_continues_exactly_where_the_run_stopped(tmp_path: Path) -> None:
+    data = _data()
+    train(_config(2), data, tmp_path / "straight")
+    train(_config(2), data, tmp_path / "split", stop_after_epochs=1)
+    assert torch.load(tmp_path / "split" / LAST, weights_only=False)["epoch"] == 0
+    train(_config(2), data, tmp_path / "split", resume=True)
+    straight = torch.load(tmp_path / "straight" / LAST, weights_only=False)
+    resumed = torch.load(tmp_path / "split" / LAST, weights_only=False)
+    assert resumed["global_step"] == straight["global_step"] == 6
+    for key in straight["ema"]:
+        assert torch.equal(straight["ema"][key], resumed["ema"][key]), key
+
+
+def test_resume_refuses_another_config(tmp_path: Path) -> None:
+    data = _data()
+    train(_config(1), data, tmp_path)
+    with pytest.raises(ValueError, match="another config"):
+        train(_config(2), data, tmp_path, resume=True)
+
+
+def test_cnn_trains_through_the_same_loop(tmp_path: Path) -> None:
+    result = train(_config(1, "cnn"), _data(), tmp_path)
+    assert result.history[0]["val_step_accuracy"]
+
+
+def test_learning_rate_warms_up_then_decays() -> None:
+    values = [lr_lambda(s, total=100, warmup=10, min_ratio=0.1) for s in range(100)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
+    assert values[50] < values[20] and values[-1] == pytest.approx(0.1, abs=1e-3)
