@@ -48,6 +48,7 @@ demo: $(STAMP) ## Run the main job on embedded defaults (SQLite, local files, no
 
 bench: $(STAMP) ## Run the benchmarks; they print figures (WAFER_DATA_DIR defaults to ../shared/data/wm811k)
 	WAFER_DATA_DIR=$${WAFER_DATA_DIR:-../shared/data/wm811k} $(PY) bench/read_preprocess.py
+	WAFER_DATA_DIR=$${WAFER_DATA_DIR:-../shared/data/wm811k} $(PY) bench/model_latency.py
 
 clean: ## Remove the virtual environment, caches and local run data
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis var build *.egg-info

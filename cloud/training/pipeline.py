@@ -10,6 +10,7 @@ from cloud.settings import CloudSettings
 from cloud.training.config import TrainConfig
 from cloud.training.data import prepare
 from cloud.training.finalize import finalize
+from cloud.training.rules_baseline import run_rules
 from cloud.training.trainer import BEST, train
 
 log = logging.getLogger(__name__)
@@ -31,9 +32,12 @@ def run_training(
     data_path = settings.resolve_data(config.data.path)
     data = prepare(config.data, data_path, settings.cache_dir, config.seed)
     log.info("data: %s", data.provenance["n"])
+    model_dir = out or run_dir / "model"
+    if config.kind == "rules":
+        run_rules(config, data, model_dir)
+        return model_dir
     result = train(config, data, run_dir, resume=resume)
     log.info("best epoch %d, val macro-F1 %.4f", result.best_epoch, result.best_val_macro_f1)
-    model_dir = out or run_dir / "model"
     finalize(run_dir / BEST, data.val, model_dir)
     if evaluate:
         evaluate_model(model_dir, data_path, config.data.protocol, model_dir, seed=config.seed)
