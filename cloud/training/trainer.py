@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from cloud.evaluation.metrics import accuracy, macro_f1
 from cloud.models.cnn import BaselineCNN, CNNConfig
 from cloud.models.trm import TinyRecursiveModel
 from cloud.training.config import TrainConfig
@@ -133,19 +134,6 @@ def predict_steps(
         logits, _ = step_outputs(model, tokens)
         chunks.append(torch.stack([torch.softmax(s.float(), -1) for s in logits]).cpu().numpy())
     return np.concatenate(chunks, axis=1)
-
-
-def macro_f1_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float]:
-    """Macro-F1 over the classes present in ``y_true`` and accuracy (for epoch logs)."""
-    cm = np.bincount(y_true * NUM_CLASSES + y_pred, minlength=NUM_CLASSES**2).reshape(
-        NUM_CLASSES, NUM_CLASSES
-    )
-    tp = np.diag(cm).astype(float)
-    support, predicted = cm.sum(1), cm.sum(0)
-    f1 = np.divide(
-        2 * tp, support + predicted, out=np.zeros(NUM_CLASSES), where=support + predicted > 0
-    )
-    return float(f1[support > 0].mean()), float(tp.sum() / max(1, cm.sum()))
 
 
 def train(
@@ -271,7 +259,8 @@ def train(
             bar.set_postfix(loss=f"{parts.total.item():.3f}", acc=f"{parts.step_accuracy[-1]:.2f}")
         n = len(batches)
         probs = predict_steps(ema.model, data.val, device)
-        f1, acc = macro_f1_accuracy(data.val.labels, probs[-1].argmax(-1))
+        val_pred = probs[-1].argmax(-1)
+        f1, acc = macro_f1(data.val.labels, val_pred), accuracy(data.val.labels, val_pred)
         record = {
             "epoch": epoch + 1,
             "train_loss": sums["loss"] / n,
