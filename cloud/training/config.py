@@ -75,6 +75,10 @@ class OptimConfig(_Strict):
     halt_lambda: float = Field(default=0.5, ge=0)
     class_weighting: Literal["none", "inverse", "effective", "logit_adjust"] = "none"
     sampling: Literal["natural", "sqrt", "balanced"] = "sqrt"
+    size_balanced: bool = Field(
+        default=True,
+        description="Within a class, draw every map-size bucket equally often (DESIGN.md §4).",
+    )
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
 
 

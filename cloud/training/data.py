@@ -156,17 +156,20 @@ def add_synthetic(raw: WaferDataset, per_class: int, rng: np.random.Generator) -
 
 
 def sampling_weights(
-    labels: Labels, shapes: npt.NDArray[np.int32], mode: str
+    labels: Labels, shapes: npt.NDArray[np.int32], mode: str, *, size_balanced: bool = True
 ) -> npt.NDArray[np.float64]:
     """Per-row sampling probability.
 
-    Classes are drawn in proportion to count^a (natural a = 1, sqrt a = 0.5, balanced a = 0);
-    within a class every size bucket (rows and cols in steps of 8) is drawn equally often, so
-    map size stops predicting the class in what the model sees (DESIGN.md §4).
+    Classes are drawn in proportion to count^a (natural a = 1, sqrt a = 0.5, balanced a = 0).
+    With ``size_balanced`` every size bucket (rows and cols in steps of 8) of a class is drawn
+    equally often, so map size stops predicting the class in what the model sees (DESIGN.md §4).
     """
     alpha = {"natural": 1.0, "sqrt": 0.5, "balanced": 0.0}[mode]
     counts = np.bincount(labels, minlength=NUM_CLASSES).astype(np.float64)
-    buckets = (shapes[:, 0] // 8).astype(np.int64) * 1000 + shapes[:, 1] // 8
+    if size_balanced:
+        buckets = (shapes[:, 0] // 8).astype(np.int64) * 1000 + shapes[:, 1] // 8
+    else:
+        buckets = np.zeros(len(labels), np.int64)
     weights = np.zeros(len(labels))
     for cls in np.flatnonzero(counts):
         rows = np.flatnonzero(labels == cls)
@@ -198,7 +201,9 @@ class BatchSampler:
         self.raw = raw
         self.optim = optim
         self.augment = augment
-        self.weights = sampling_weights(raw.labels, raw.shapes, optim.sampling)
+        self.weights = sampling_weights(
+            raw.labels, raw.shapes, optim.sampling, size_balanced=optim.size_balanced
+        )
         self.grids = dataset_to_grids(raw)
 
     def epoch(self, epoch: int, seed: int) -> list[npt.NDArray[np.int64]]:

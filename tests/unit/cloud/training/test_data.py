@@ -17,6 +17,10 @@ def test_sampling_balances_classes_and_map_sizes() -> None:
     assert np.isclose(natural[labels == 0].sum(), 100 / 110)
     sqrt = sampling_weights(labels, shapes, "sqrt")
     assert np.isclose(sqrt[labels == 0].sum(), 10 / (10 + np.sqrt(10)))
+    # Without size balancing every row of a class is equally likely, whatever its size.
+    plain = sampling_weights(labels, shapes, "balanced", size_balanced=False)
+    assert np.isclose(plain[labels == 0].sum(), 0.5)
+    assert np.isclose(plain[0], plain[95])
 
 
 def test_class_weights_have_mean_one_and_favour_rare_classes() -> None:
