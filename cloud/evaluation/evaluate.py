@@ -70,13 +70,22 @@ def evaluate_model(
     out_dir: Path,
     *,
     baseline_dirs: list[Path] | None = None,
-    val_fraction: float = 0.1,
-    seed: int = 0,
+    val_fraction: float | None = None,
+    seed: int | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``model_dir`` on the test part of ``data_path``; writes report and plots."""
-    part: Part = evaluation_part(data_path, protocol, val_fraction, seed)
+    """Evaluate ``model_dir`` on the test part of ``data_path``; writes report and plots.
+
+    ``val_fraction`` and ``seed`` default to the ones the model was trained with (its
+    manifest's data provenance), so the random protocol's test part is the one it never saw.
+    """
     runtime = ModelRuntime.load(model_dir, threads=2)
     manifest = runtime.manifest
+    trained_on = manifest.extra.get("data", {})
+    if val_fraction is None:
+        val_fraction = float(trained_on.get("val_fraction", 0.1))
+    if seed is None:
+        seed = int(trained_on.get("seed", 0))
+    part: Part = evaluation_part(data_path, protocol, val_fraction, seed)
     tokens = part.grids.reshape(len(part), -1)
     probs, halt = runtime.predict_all_steps(tokens)
     _, steps = halted_predictions(probs, halt, manifest.halt_threshold)

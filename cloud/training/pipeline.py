@@ -40,5 +40,12 @@ def run_training(
     log.info("best epoch %d, val macro-F1 %.4f", result.best_epoch, result.best_val_macro_f1)
     finalize(run_dir / BEST, data.val, model_dir)
     if evaluate:
-        evaluate_model(model_dir, data_path, config.data.protocol, model_dir, seed=config.seed)
+        evaluate_model(
+            model_dir,
+            data_path,
+            config.data.protocol,
+            model_dir,
+            val_fraction=config.data.val_fraction,
+            seed=config.seed,
+        )
     return model_dir

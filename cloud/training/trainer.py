@@ -27,7 +27,13 @@ from cloud.evaluation.metrics import accuracy, macro_f1
 from cloud.models.cnn import BaselineCNN, CNNConfig
 from cloud.models.trm import TinyRecursiveModel
 from cloud.training.config import TrainConfig
-from cloud.training.data import BatchSampler, Part, PreparedData, class_weights
+from cloud.training.data import (
+    BatchSampler,
+    Part,
+    PreparedData,
+    add_synthetic,
+    class_weights,
+)
 from cloud.training.losses import deep_supervision_loss
 from wafercore.classes import NUM_CLASSES
 
@@ -35,6 +41,8 @@ log = logging.getLogger(__name__)
 
 LAST = "checkpoint-last.pt"
 BEST = "checkpoint-best.pt"
+SYNTHETIC_STREAM = 7
+"""Random stream (with the seed) of the synthetic maps, apart from sampling and augmentation."""
 
 
 def build_model(config: TrainConfig) -> nn.Module:
@@ -156,7 +164,12 @@ def train(
     device = pick_device(config.device)
     model = build_model(config).to(device)
     optim_cfg = config.optim
-    sampler = BatchSampler(data.train_raw, optim_cfg, config.augment, config.seed)
+    train_raw = add_synthetic(
+        data.train_raw,
+        config.augment.synthetic_per_class,
+        np.random.default_rng([config.seed, SYNTHETIC_STREAM]),
+    )
+    sampler = BatchSampler(train_raw, optim_cfg, config.augment, config.seed)
     steps_per_epoch = len(sampler.epoch(0, config.seed))
     total_steps = steps_per_epoch * optim_cfg.epochs
 
@@ -177,13 +190,13 @@ def train(
     )
     ema = EMA(model, optim_cfg.ema_decay)
     weights = torch.tensor(
-        class_weights(data.train_raw.labels, optim_cfg.class_weighting),
+        class_weights(train_raw.labels, optim_cfg.class_weighting),
         dtype=torch.float32,
         device=device,
     )
     logit_bias = None
     if optim_cfg.class_weighting == "logit_adjust":
-        prior = np.bincount(data.train_raw.labels, minlength=NUM_CLASSES) / len(data.train_raw)
+        prior = np.bincount(train_raw.labels, minlength=NUM_CLASSES) / len(train_raw)
         logit_bias = torch.tensor(
             np.log(np.maximum(prior, 1e-8)), dtype=torch.float32, device=device
         )
@@ -287,7 +300,10 @@ def train(
             if hasattr(model.config, "to_dict")
             else vars(model.config),
             "code_version": code_version(),
-            "data": data.provenance,
+            "data": {
+                **data.provenance,
+                "synthetic_rows": len(train_raw) - len(data.train_raw),
+            },
             "model": model.state_dict(),
             "ema": ema.model.state_dict(),
             "optimizer": optimizer.state_dict(),

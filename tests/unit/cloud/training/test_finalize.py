@@ -1,6 +1,7 @@
 """Train, calibrate, export and evaluate a tiny model end to end on synthetic wafers."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +81,23 @@ def test_evaluate_writes_the_stable_report_and_plots(model_dir: Path, tmp_path: 
     assert on_disk["latency_ms"]["p50"] <= on_disk["latency_ms"]["p99"]
     assert (out / "report.md").read_text().count("Scratch") >= 1
     assert (out / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_random_protocol_evaluates_on_the_split_the_model_was_trained_with(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    raw = generate_dataset(20, np.random.default_rng(4), sizes=(20, 40))  # 180 maps
+    path = tmp_path / "all.npz"
+    write_npz(raw, path)
+    sizes = {}
+    for fraction in (0.1, 0.15):
+        copy = tmp_path / f"model-{fraction}"
+        shutil.copytree(model_dir, copy)
+        manifest = json.loads((copy / "model.json").read_text())
+        manifest["extra"]["data"]["val_fraction"] = fraction
+        (copy / "model.json").write_text(json.dumps(manifest))
+        report = evaluate_model(copy, path, "random", tmp_path / f"eval-{fraction}")
+        sizes[fraction] = report["data"]["n"]
+    assert sizes[0.1] == pytest.approx(18, abs=9)
+    assert sizes[0.15] == pytest.approx(27, abs=9)
+    assert sizes[0.15] > sizes[0.1]

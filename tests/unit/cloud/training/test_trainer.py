@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cloud.training.config import TrainConfig
-from cloud.training.data import Part, PreparedData
+from cloud.training.data import RARE_CLASSES, Part, PreparedData
 from cloud.training.trainer import BEST, LAST, load_checkpoint_model, lr_lambda, train
 from wafercore.preprocessing import dataset_to_grids
 from wafercore.synthetic import generate_dataset
@@ -73,6 +73,19 @@ def test_resume_refuses_another_config(tmp_path: Path) -> None:
     train(_config(1), data, tmp_path)
     with pytest.raises(ValueError, match="another config"):
         train(_config(2), data, tmp_path, resume=True)
+
+
+def test_synthetic_rare_class_maps_join_the_training_set(tmp_path: Path) -> None:
+    base = _config(1)
+    config = base.model_copy(
+        update={"augment": base.augment.model_copy(update={"synthetic_per_class": 3})}
+    )
+    train(config, _data(), tmp_path)
+    _, meta = load_checkpoint_model(tmp_path / LAST)
+    assert meta["data"]["synthetic_rows"] == 3 * len(RARE_CLASSES)
+    train(_config(1), _data(), tmp_path / "none")
+    _, meta = load_checkpoint_model(tmp_path / "none" / LAST)
+    assert meta["data"]["synthetic_rows"] == 0
 
 
 def test_cnn_trains_through_the_same_loop(tmp_path: Path) -> None:
