@@ -209,3 +209,93 @@ class EdgeNode:
     acked_sequence: int
     installed_version: str = ""
     previous_version: str = ""
+
+
+@dataclass(frozen=True)
+class FlagRequest:
+    """A request to put one stored result into the review queue (idempotent on the key)."""
+
+    idempotency_key: str
+    node_id: str
+    sequence: int
+    wafer_id: str
+    reason: ReviewReason
+    comment: str = ""
+    requested_by: str = ""
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """An engineer's verdict on a claimed review item."""
+
+    outcome: ReviewOutcome
+    true_label: int | None = None  # required when relabelled; the prediction when confirmed
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class ClassAccuracy:
+    """Reviewed accuracy of one predicted class: how often engineers agreed with the model."""
+
+    predicted_class: int
+    reviewed: int  # resolved as confirmed or relabelled (unusable excluded)
+    confirmed: int  # the engineer's label equals the prediction
+    accuracy: float  # confirmed / reviewed
+
+
+@dataclass(frozen=True)
+class ReviewedAccuracy:
+    """Reviewed accuracy of one model version, overall and per predicted class."""
+
+    model_version: str
+    reviewed: int
+    confirmed: int
+    accuracy: float
+    per_class: tuple[ClassAccuracy, ...]
+
+
+@dataclass(frozen=True)
+class ReviewFilter:
+    """Narrows the review queue (listing and claiming); None matches everything."""
+
+    reason: ReviewReason | None = None
+    node_id: str | None = None
+    lot_id: str | None = None
+    model_version: str | None = None
+    claimed_by: str | None = None
+
+
+class ModelAction(enum.IntEnum):
+    """What a node should do about its model (values equal the contract's ModelAction)."""
+
+    KEEP = 0
+    INSTALL = 1
+    ROLLBACK = 2
+
+
+@dataclass(frozen=True)
+class RawWaferMap:
+    """A wafer map as its sender encoded it, not yet validated (either encoding)."""
+
+    rows: int
+    cols: int
+    values: bytes
+    wm811k: bool = False  # True: 0 no die, 1 pass, 2 fail (WM-811K); False: canonical
+
+
+@dataclass(frozen=True)
+class WaferInput:
+    """One wafer to classify on the fab server (ClassifyBatch)."""
+
+    wafer_id: str
+    lot_id: str
+    wafer_map: RawWaferMap | None
+
+
+@dataclass(frozen=True)
+class ClassifyOutcome:
+    """The result for one wafer of a ClassifyBatch, or why it could not be classified."""
+
+    wafer_id: str
+    result: Result | None = None
+    error: str = ""

@@ -156,6 +156,7 @@ class LotRow(Base):
     """A lot's excursion state (its counts come from ``results`` by the lot index)."""
 
     __tablename__ = "lots"
+    __table_args__ = (Index("ix_lots_last_seen", "last_seen"),)
 
     lot_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from launcher.demo import lot_table, run_demo
 from launcher.settings import PlatformSettings
 from wafercore.classes import DefectClass
 from wafercore.dataset import UNLABELLED, WaferDataset
@@ -104,11 +106,43 @@ def data_convert(pkl: Path, npz: Path) -> None:
 
 @main.command(help="Run the main job on embedded defaults (no servers to install).")
 @click.option("--per-class", default=50, show_default=True, help="Synthetic wafers per class.")
+@click.option("--wafers", default=500, show_default=True, help="Wafers streamed to the fab.")
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
 @click.pass_obj
-def demo(settings: PlatformSettings, per_class: int, seed: int) -> None:
-    """Generate wafers of every class, preprocess them and show what they look like."""
+def demo(settings: PlatformSettings, per_class: int, wafers: int, seed: int) -> None:
+    """Show the data, then run a fab server and stream classified wafers into it."""
     rng = np.random.default_rng(seed)
+    ds = _show_synthetic(per_class, rng)
+    stream, source = _demo_wafers(settings, ds, wafers, rng)
+    lots = [f"DEMO-{i // 25 + 1:03d}" for i in range(len(stream))]
+    click.echo(f"\nStreaming {len(stream):,} {source} wafers from one station to a fab server:")
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    outcome = asyncio.run(
+        run_demo(settings.work_dir, settings.model_dir, stream, lots, progress=click.echo)
+    )
+    click.echo(
+        f"classified and streamed {outcome.streamed:,} wafers in {outcome.seconds:.1f} s; "
+        f"fab acked up to sequence {outcome.acked_sequence:,} "
+        f"({outcome.duplicates} duplicates)\n"
+    )
+    click.echo(lot_table(outcome.lots))
+    click.echo("\nReview queue, most uncertain first (HTTP API, as the review UI sees it):")
+    for item in outcome.queue_head:
+        click.echo(
+            f"  {item['wafer_id']:<14} {item['reason']:<15} predicted "
+            f"{item['predicted_name']!s:<10} confidence {item['confidence']:.2f}"
+        )
+    click.echo("\nTiers this demo starts:")
+    for name, command, what in TIERS:
+        built = name == "fab server"
+        click.echo(
+            f"  - {name:<13} {command:<18} {what}"
+            + ("" if built else ": not built yet, follows in later issues")
+        )
+
+
+def _show_synthetic(per_class: int, rng: np.random.Generator) -> WaferDataset:
+    """Generate wafers of every class and print what they look like after preprocessing."""
     started = time.perf_counter()
     ds = generate_dataset(per_class, rng)
     grids = dataset_to_grids(ds)
@@ -139,15 +173,21 @@ def demo(settings: PlatformSettings, per_class: int, seed: int) -> None:
         drawn = [_ascii(grid).splitlines() for _, grid in row]
         for line in zip(*drawn, strict=True):
             click.echo("  ".join(line))
+    return ds
+
+
+def _demo_wafers(
+    settings: PlatformSettings, synthetic: WaferDataset, count: int, rng: np.random.Generator
+) -> tuple[WaferDataset, str]:
+    """Real maps from the configured WM-811K sample when there is one, else the synthetic ones."""
     if settings.data_dir is not None:
-        sample = settings.data_dir / "sample_stratified.npz"
+        sample = settings.data_dir / "unlabelled_sample.npz"
         if sample.exists():
             real = read_npz(sample)
-            click.echo(f"\nReal maps ({sample}): {len(real):,} wafers")
-            click.echo(_class_split_table(real, sorted(set(real.split.tolist()))))
-    click.echo("\nTiers this demo starts:")
-    for name, command, what in TIERS:
-        click.echo(f"  - {name:<13} {command:<18} {what}: not built yet, follows in later issues")
+            pick = np.sort(rng.choice(len(real), size=min(count, len(real)), replace=False))
+            return real.subset(pick), f"real WM-811K ({sample.name})"
+    pick = rng.permutation(len(synthetic))[:count]
+    return synthetic.subset(pick), "synthetic"
 
 
 def _ascii(grid: np.ndarray) -> str:

@@ -24,3 +24,6 @@ class PlatformSettings(BaseSettings):
         default=Path("var"),
         description="Where the embedded defaults keep their files (SQLite databases, outboxes).",
     )
+    model_dir: Path = Field(
+        default=Path("models/trm-v1.0.0"), description="The default model the demo serves."
+    )

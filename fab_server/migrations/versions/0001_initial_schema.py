@@ -91,6 +91,9 @@ def upgrade() -> None:
         sa.Column("excursion_reason", sa.Text(), nullable=False),
         sa.PrimaryKeyConstraint("lot_id", name=op.f("pk_lots")),
     )
+    with op.batch_alter_table("lots", schema=None) as batch_op:
+        batch_op.create_index("ix_lots_last_seen", ["last_seen"], unique=False)
+
     op.create_table(
         "model_artifacts",
         sa.Column(
@@ -262,6 +265,9 @@ def downgrade() -> None:
     op.drop_table("results")
     op.drop_table("model_assignments")
     op.drop_table("model_artifacts")
+    with op.batch_alter_table("lots", schema=None) as batch_op:
+        batch_op.drop_index("ix_lots_last_seen")
+
     op.drop_table("lots")
     op.drop_table("edge_nodes")
     with op.batch_alter_table("edge_metrics", schema=None) as batch_op:

@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from launcher.cli import main
-from wafercore.classes import CLASS_NAMES, DefectClass
+from wafercore.classes import CLASS_NAMES
 from wafercore.dataset import WaferDataset
 from wafercore.readers.npz import write_npz
 
@@ -17,15 +17,6 @@ def test_every_console_entry_point_answers_help(name: str) -> None:
     result = CliRunner().invoke(ep.load(), ["--help"])
     assert result.exit_code == 0, result.output
     assert "Usage:" in result.output
-
-
-def test_demo_shows_every_class_and_the_tiers() -> None:
-    result = CliRunner().invoke(main, ["demo", "--per-class", "5"], env={"WAFER_DATA_DIR": ""})
-    assert result.exit_code == 0, result.output
-    for cls in DefectClass:
-        assert f"{int(cls):>3} {cls.display_name:<10}       5" in result.output
-    assert "fab server" in result.output and "edge node" in result.output
-    assert "#" in result.output  # the drawn examples
 
 
 def test_data_stats_counts_classes_per_split(tmp_path: Path) -> None:

@@ -1,0 +1,85 @@
+"""The fab server's HTTP API (FastAPI): review queue, lots, alerts, health and metrics.
+
+Served by the same process as the gRPC FabService, on the same database sessions.
+
+Access: ``/healthz`` and ``/metrics`` are open (load balancer, Prometheus), as are FastAPI's
+OpenAPI document and its ``/docs`` pages (they describe the API, hold no data). Everything under
+``/api`` needs a bearer token: any role reads and works the review queue, lots and alerts; the
+admin role is needed to acknowledge alerts and for ``/api/review/admin/*`` (release or resolve
+an item someone else holds).
+
+Errors: a malformed request is 422 naming the field (pydantic's, or the service's
+InvalidArgument), NotFound is 404, Conflict 409, and a database that does not answer 503.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from fab_server.api.alerts import alerts_router
+from fab_server.api.auth import TokenAuth
+from fab_server.api.health import health_router
+from fab_server.api.lots import lots_router
+from fab_server.api.review import review_router
+from fab_server.errors import Conflict, InvalidArgument, NotFound
+from fab_server.settings import FabSettings
+
+logger = logging.getLogger(__name__)
+
+
+async def _invalid_argument(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, InvalidArgument)
+    # The same shape as FastAPI's own validation errors, so clients parse one format.
+    detail = [{"type": "invalid_argument", "loc": [exc.field], "msg": exc.reason}]
+    return JSONResponse({"detail": detail}, status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+async def _not_found(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status.HTTP_404_NOT_FOUND)
+
+
+async def _conflict(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status.HTTP_409_CONFLICT)
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    logger.warning("%s %s: database unavailable: %s", request.method, request.url.path, exc)
+    return JSONResponse(
+        {"detail": "the database is unavailable; retry shortly"},
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": "5"},
+    )
+
+
+def create_app(settings: FabSettings, sessions: async_sessionmaker[AsyncSession]) -> FastAPI:
+    """The HTTP API on ``sessions``, authenticating with ``settings.api_tokens``.
+
+    Args:
+        settings: the fab server's settings (tokens, review lease).
+        sessions: session factory of the fab database (shared with the gRPC server).
+
+    Returns:
+        The ASGI app; the caller serves it (uvicorn) and owns the engine behind ``sessions``.
+    """
+    auth = TokenAuth(settings.api_tokens)
+    app = FastAPI(
+        title="Fab server",
+        summary="Review queue, lot summaries, alerts, health and metrics of one fab.",
+        version="1",
+    )
+    app.include_router(health_router(sessions))
+    app.include_router(review_router(settings, sessions, auth))
+    app.include_router(lots_router(sessions, auth))
+    app.include_router(alerts_router(sessions, auth))
+    app.add_exception_handler(InvalidArgument, _invalid_argument)
+    app.add_exception_handler(NotFound, _not_found)
+    app.add_exception_handler(Conflict, _conflict)
+    for unavailable in (OperationalError, InterfaceError, PoolTimeout):
+        app.add_exception_handler(unavailable, _database_unavailable)
+    return app

@@ -1,0 +1,1 @@
+"""The gRPC transport: FabService servicer, protobuf conversion and server start-up."""

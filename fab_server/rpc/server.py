@@ -1,0 +1,64 @@
+"""Start-up of the fab server's gRPC endpoint (FabService)."""
+
+from __future__ import annotations
+
+import grpc  # type: ignore[import-untyped]
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from fab_server import tls
+from fab_server.rpc.servicer import FabServicer
+from fab_server.services.classify import Classifier
+from fab_server.settings import FabSettings
+from wafercore.runtime import ModelRuntime
+from waferplatform.v1 import fab_pb2_grpc  # type: ignore[import-not-found]
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""Largest request accepted: a full ResultBatch with maps, or 1,024 maps to classify."""
+
+_OPTIONS = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Edge uplinks hold one stream open for hours: notice dead peers, allow their pings.
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+)
+
+
+async def start_grpc_server(
+    settings: FabSettings,
+    sessions: async_sessionmaker[AsyncSession],
+    runtime: ModelRuntime | None,
+) -> tuple[grpc.aio.Server, int]:
+    """Start serving FabService on ``settings.grpc_host:grpc_port``.
+
+    TLS (mutual when ``settings.tls_client_ca`` is set) comes from `fab_server.tls`; without
+    a configured certificate the port is plaintext, for development.
+
+    Args:
+        settings: address, TLS files, limits.
+        sessions: session factory of the fab database.
+        runtime: the model for ClassifyBatch; None loads ``settings.model_dir`` on first use.
+
+    Returns:
+        The started server (stop it with ``await server.stop(grace)``) and the bound port
+        (the OS's pick when ``grpc_port`` is 0).
+
+    Raises:
+        ValueError: bad TLS settings.
+        RuntimeError: the address cannot be bound.
+    """
+    credentials = tls.server_credentials(settings)
+    server = grpc.aio.server(options=_OPTIONS)
+    servicer = FabServicer(settings, sessions, Classifier(settings.model_dir, runtime))
+    fab_pb2_grpc.add_FabServiceServicer_to_server(servicer, server)
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
+    if not port:
+        raise RuntimeError(f"cannot bind the gRPC address {address}")
+    await server.start()
+    return server, int(port)

@@ -1,0 +1,104 @@
+"""gRPC transport security: TLS for the fab server, mutual TLS when a client CA is configured.
+
+Edge nodes authenticate with client certificates signed by ``settings.tls_client_ca``; the
+server proves itself with ``settings.tls_cert``. Files are read and checked once, at start-up,
+so a misconfigured server fails to start with a message naming the setting instead of failing
+every handshake later.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc  # type: ignore[import-untyped]
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from fab_server.settings import FabSettings
+
+
+def _read(path: Path, setting: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{setting}: cannot read {path}: {exc.strerror}") from exc
+
+
+def _certificates(path: Path, setting: str) -> bytes:
+    data = _read(path, setting)
+    try:
+        x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        raise ValueError(f"{setting}: {path} holds no PEM certificate") from exc
+    return data
+
+
+def _key_pair(cert: Path, key: Path, *, names: tuple[str, str]) -> tuple[bytes, bytes]:
+    cert_setting, key_setting = names
+    cert_pem = _certificates(cert, cert_setting)
+    key_pem = _read(key, key_setting)
+    try:
+        private = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{key_setting}: {key} holds no unencrypted PEM private key") from exc
+    # gRPC would only report a failed handshake; say which file is wrong instead.
+    leaf = x509.load_pem_x509_certificates(cert_pem)[0]
+    if leaf.public_key() != private.public_key():
+        raise ValueError(f"{key_setting}: {key} does not belong to the certificate {cert}")
+    return cert_pem, key_pem
+
+
+def server_credentials(settings: FabSettings) -> grpc.ServerCredentials | None:
+    """The gRPC server's TLS credentials, or None for a plaintext (development) server.
+
+    Args:
+        settings: ``tls_cert`` and ``tls_key`` (both or neither) enable TLS; ``tls_client_ca``
+            additionally requires every client to present a certificate it signed.
+
+    Raises:
+        ValueError: an incomplete configuration, an unreadable file, or a key that does not
+            match the certificate (the message names the setting).
+    """
+    if settings.tls_cert is None and settings.tls_key is None:
+        if settings.tls_client_ca is not None:
+            raise ValueError("tls_client_ca: client certificates need tls_cert and tls_key too")
+        return None
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise ValueError("tls_cert, tls_key: set both or neither")
+    cert_pem, key_pem = _key_pair(
+        settings.tls_cert, settings.tls_key, names=("tls_cert", "tls_key")
+    )
+    client_ca = (
+        _certificates(settings.tls_client_ca, "tls_client_ca")
+        if settings.tls_client_ca is not None
+        else None
+    )
+    return grpc.ssl_server_credentials(
+        [(key_pem, cert_pem)],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+def channel_credentials(
+    *, ca: Path, cert: Path | None = None, key: Path | None = None
+) -> grpc.ChannelCredentials:
+    """TLS credentials of a channel to the fab server (an edge node's, or a tool's).
+
+    Args:
+        ca: the CA that signed the server's certificate.
+        cert: the client certificate (mutual TLS); with ``key``, or neither.
+        key: the client certificate's private key.
+
+    Raises:
+        ValueError: only one of ``cert`` and ``key``, an unreadable file, or a mismatched key.
+    """
+    ca_pem = _certificates(ca, "ca")
+    if cert is None and key is None:
+        return grpc.ssl_channel_credentials(root_certificates=ca_pem)
+    if cert is None or key is None:
+        raise ValueError("cert, key: set both or neither")
+    cert_pem, key_pem = _key_pair(cert, key, names=("cert", "key"))
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem
+    )
