@@ -10,7 +10,6 @@ what makes redelivery idempotent.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -22,7 +21,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from fab_server import domain
 from fab_server.models import EdgeNodeRow, LotRow, ResultRow, WaferMapRow, utc
-from fab_server.repository import dialect_insert, is_postgres
+from fab_server.repository import dialect_insert, is_postgres, records_json, recordset_insert
 from wafercore.classes import NUM_CLASSES
 
 # Column -> PostgreSQL type of the JSON records of the fast path.
@@ -52,33 +51,23 @@ _MAP_RECORD: tuple[tuple[str, str], ...] = (
 )
 
 
-def _recordset_insert(
-    table: str, record: Sequence[tuple[str, str]], scalars: Sequence[tuple[str, str]] = ()
-) -> str:
-    """``INSERT ... SELECT FROM json_to_recordset(:records)``, skipping rows already stored.
-
-    ``record`` are the columns each JSON object carries; ``scalars`` are bound once for all rows.
-    """
-    # Quoted: ``values`` and ``rows`` are SQL keywords.
-    names = ", ".join(f'"{name}"' for name, _ in record)
-    definition = ", ".join(f'"{name}" {kind}' for name, kind in record)
-    columns = ", ".join([names, *(name for name, _ in scalars)])
-    selected = ", ".join(["u.*", *(f"CAST(:{name} AS {kind})" for name, kind in scalars)])
-    return (
-        f"INSERT INTO {table} ({columns}) SELECT {selected} "
-        f"FROM json_to_recordset(CAST(:records AS json)) AS u({definition}) "
-        "ON CONFLICT (node_id, sequence) DO NOTHING RETURNING sequence"
-    )
-
-
 _PG_INSERT_RESULTS = text(
-    _recordset_insert(ResultRow.__tablename__, _RESULT_RECORD, [("received_at", "timestamptz")])
+    recordset_insert(
+        ResultRow.__tablename__,
+        _RESULT_RECORD,
+        conflict=("node_id", "sequence"),
+        returning="sequence",
+        scalars=[("received_at", "timestamptz")],
+    )
 )
-_PG_INSERT_MAPS = text(_recordset_insert(WaferMapRow.__tablename__, _MAP_RECORD))
-
-
-def _records(rows: Sequence[dict[str, Any]]) -> str:
-    return json.dumps(rows, separators=(",", ":"))
+_PG_INSERT_MAPS = text(
+    recordset_insert(
+        WaferMapRow.__tablename__,
+        _MAP_RECORD,
+        conflict=("node_id", "sequence"),
+        returning="sequence",
+    )
+)
 
 
 def _result_row(result: domain.Result, die_yield: float | None) -> dict[str, Any]:
@@ -123,10 +112,8 @@ async def insert_results(
         return set()
     rows = [_result_row(r, y) for r, y in zip(results, die_yields, strict=True)]
     if is_postgres(session):
-        for row in rows:
-            row["classified_at"] = row["classified_at"].isoformat()
         stored = await session.execute(
-            _PG_INSERT_RESULTS, {"records": _records(rows), "received_at": received_at}
+            _PG_INSERT_RESULTS, {"records": records_json(rows), "received_at": received_at}
         )
     else:
         for row in rows:
@@ -158,7 +145,7 @@ async def insert_maps(session: AsyncSession, *, results: Sequence[domain.Result]
     if not rows:
         return
     if postgres:
-        await session.execute(_PG_INSERT_MAPS, {"records": _records(rows)})
+        await session.execute(_PG_INSERT_MAPS, {"records": records_json(rows)})
     else:
         stmt = sqlite_insert(WaferMapRow).on_conflict_do_nothing(
             index_elements=["node_id", "sequence"]

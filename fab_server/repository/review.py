@@ -13,20 +13,17 @@ from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, insert, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import ColumnElement, and_, case, func, insert, or_, select, text, update
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fab_server import domain
 from fab_server.models import LabelRow, ResultRow, ReviewItemRow, WaferMapRow
+from fab_server.repository import is_postgres, records_json, recordset_insert
 
 _OPEN = domain.ReviewState.OPEN.value
 _CLAIMED = domain.ReviewState.CLAIMED.value
 _RESOLVED = domain.ReviewState.RESOLVED.value
-
-
-def _is_postgres(session: AsyncSession) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
 
 
 def _claimable(now: datetime) -> ColumnElement[bool]:
@@ -61,6 +58,40 @@ def _filtered(filters: domain.ReviewFilter) -> list[ColumnElement[bool]]:
     return clauses
 
 
+_ITEM_RECORD: tuple[tuple[str, str], ...] = (
+    ("id", "text"),
+    ("idempotency_key", "text"),
+    ("node_id", "text"),
+    ("sequence", "int8"),
+    ("wafer_id", "text"),
+    ("lot_id", "text"),
+    ("reason", "int2"),
+    ("state", "text"),
+    ("priority", "float8"),
+    ("predicted_class", "int2"),
+    ("confidence", "float8"),
+    ("novelty", "float8"),
+    ("model_version", "text"),
+    ("created_at", "timestamptz"),
+    ("claimed_by", "text"),
+    ("lease_expires_at", "timestamptz"),
+    ("resolved_at", "timestamptz"),
+    ("outcome", "text"),
+    ("true_label", "int2"),
+    ("resolved_by", "text"),
+    ("comment", "text"),
+    ("requested_by", "text"),
+)
+_PG_INSERT_ITEMS = text(
+    recordset_insert(
+        ReviewItemRow.__tablename__,
+        _ITEM_RECORD,
+        conflict=("idempotency_key",),
+        returning="id",
+    )
+)
+
+
 def _row_values(item: domain.ReviewItem) -> dict[str, Any]:
     # Shallow on purpose: asdict() deep-copies and cost a third of ingest throughput.
     values = {f.name: getattr(item, f.name) for f in fields(item)}
@@ -78,14 +109,17 @@ async def insert_items(session: AsyncSession, *, items: Sequence[domain.ReviewIt
     """
     if not items:
         return 0
-    dialect_insert = postgresql.insert if _is_postgres(session) else sqlite.insert
+    rows = [_row_values(item) for item in items]
+    if is_postgres(session):
+        stored = await session.execute(_PG_INSERT_ITEMS, {"records": records_json(rows)})
+        return len(stored.all())
     stmt = (
-        dialect_insert(ReviewItemRow)
+        sqlite.insert(ReviewItemRow)
         .on_conflict_do_nothing(index_elements=[ReviewItemRow.idempotency_key])
         .returning(ReviewItemRow.id)
     )
     # One statement, batched by SQLAlchemy's insertmanyvalues under the drivers' parameter limits.
-    inserted = await session.scalars(stmt, [_row_values(item) for item in items])
+    inserted = await session.scalars(stmt, rows)
     return len(inserted.all())
 
 
@@ -154,7 +188,7 @@ async def next_claimable(
         stmt = stmt.where(ReviewItemRow.id.not_in(exclude))
     stmt = stmt.order_by(ReviewItemRow.priority, ReviewItemRow.created_at, ReviewItemRow.id)
     stmt = stmt.limit(1)
-    if _is_postgres(session):
+    if is_postgres(session):
         stmt = stmt.with_for_update(skip_locked=True)
     row = (await session.scalars(stmt)).one_or_none()
     return row.to_domain() if row else None

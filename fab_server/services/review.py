@@ -32,7 +32,9 @@ from fab_server.services import review_rules as rules
 from fab_server.settings import FabSettings
 
 # SQLite only: claimers that lose the guarded UPDATE to another writer try the next item.
-_CLAIM_ATTEMPTS = 8
+# Every loss is another claimer's success, so this bounds only pathological contention (8 was
+# exhausted by 8 claimers on a loaded 2-core machine).
+_CLAIM_ATTEMPTS = 64
 _ALL = domain.ReviewFilter()
 
 Sessions = async_sessionmaker[AsyncSession]
