@@ -111,3 +111,65 @@ def export(model_dir: Path, tensorrt: bool) -> None:
     except TensorRTUnavailable as err:
         raise click.ClickException(f"no TensorRT engine built: {err}") from None
     click.echo(f"engine written to {engine}")
+
+
+@main.command(help="Create an Ed25519 signing key pair: ID.key (private, 0600) and ID.pub.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--key-id", required=True, help="Key id; nodes trust the public key as ID.pub.")
+def keys(out: Path, key_id: str) -> None:
+    """Write a new signing key pair."""
+    from cloud.signing import generate_keypair
+
+    try:
+        pair = generate_keypair(out, key_id)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--key-id") from None
+    except FileExistsError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"private key: {pair.private_key} (keep it secret)")
+    click.echo(f"public key:  {pair.public_key} (pin it on nodes: EDGE_TRUSTED_KEYS_DIR)")
+
+
+@main.command(
+    help="Package a model directory as a signed artifact (FILE) and signature (FILE.sig)."
+)
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    required=True,
+    help="Model directory (model.onnx + model.json).",
+)
+@click.option(
+    "--key",
+    "private_key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="Ed25519 private key (PEM), from 'wafer-cloud keys'.",
+)
+@click.option("--key-id", required=True, help="Id of that key, as nodes know it.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option(
+    "--golden",
+    type=click.IntRange(9, 100_000),
+    default=64,
+    show_default=True,
+    help="Golden wafers a node checks the model against before serving it.",
+)
+def package(model_dir: Path, private_key: Path, key_id: str, out: Path, golden: int) -> None:
+    """Write a signed model artifact."""
+    from cloud.signing import package_model
+    from wafercore.runtime import ModelLoadError
+
+    try:
+        artifact = package_model(
+            model_dir, out, private_key=private_key, key_id=key_id, golden=golden
+        )
+    except ModelLoadError as err:
+        raise click.BadParameter(str(err), param_hint="--model") from None
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"version: {artifact.version}")
+    click.echo(f"sha256:  {artifact.sha256}")
+    click.echo(f"size:    {artifact.size_bytes} bytes")
+    click.echo(f"written: {artifact.path} and {artifact.signature_path} (key {artifact.key_id})")

@@ -68,8 +68,10 @@ class FabServer:
         self._grpc, self.grpc_port = await start_grpc_server(
             self.settings, self.sessions, self.runtime
         )
-        # Bind the HTTP socket here, so port 0 resolves before start() returns.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # Bind the HTTP socket here, so port 0 resolves before start() returns. IPPROTO_TCP, not
+        # 0: asyncio sets TCP_NODELAY only on sockets that say so, and without it every
+        # response waits ~40 ms (Nagle against delayed ACK).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.settings.http_host, self.settings.http_port))
         self.http_port = sock.getsockname()[1]

@@ -1,11 +1,13 @@
-"""Command line of the fab server (``wafer-fab``): migrate, serve, seed, certs."""
+"""Command line of the fab server (``wafer-fab``): migrate, serve, seed, certs, models."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import click
 from sqlalchemy.engine import make_url
@@ -13,6 +15,8 @@ from sqlalchemy.engine import make_url
 from fab_server.app import FabServer, NotMigrated
 from fab_server.certs import make_dev_certs
 from fab_server.db import make_async_engine, migrate, session_factory
+from fab_server.errors import FabError
+from fab_server.services import distribution
 from fab_server.services.classify import Classifier
 from fab_server.services.seed import seed_synthetic
 from fab_server.settings import FabSettings
@@ -104,6 +108,96 @@ def certs(out: Path, hosts: tuple[str, ...], clients: tuple[str, ...]) -> None:
         f"serve with FAB_TLS_CERT={made.server.cert} FAB_TLS_KEY={made.server.key} "
         f"FAB_TLS_CLIENT_CA={made.ca.cert}"
     )
+
+
+@main.group(help="Publish signed model artifacts and tell nodes which version to run.")
+def models() -> None:
+    """The ``models`` commands."""
+
+
+@models.command(
+    "register", help="Register a signed artifact FILE (its signature is read from FILE.sig)."
+)
+@click.option(
+    "--artifact",
+    "artifact_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="Artifact from 'wafer-cloud package'.",
+)
+@click.option("--version", required=True, help="Model version, like trm-v1.1.0.")
+@click.option("--key-id", required=True, help="Id of the key that signed it.")
+@click.option(
+    "--format",
+    "artifact_format",
+    default=distribution.DEFAULT_FORMAT,
+    show_default=True,
+    help="What runs it on the nodes.",
+)
+@click.pass_obj
+def models_register(
+    settings: FabSettings, artifact_path: Path, version: str, key_id: str, artifact_format: str
+) -> None:
+    """Copy an artifact into the fab's artifact store and register it."""
+    signature_path = artifact_path.with_name(artifact_path.name + ".sig")
+    if not signature_path.is_file():
+        raise click.BadParameter(
+            f"no signature {signature_path} beside the artifact", param_hint="--artifact"
+        )
+    signature = signature_path.read_bytes()
+
+    async def run() -> None:
+        engine = make_async_engine(settings.database_url, settings.db_schema)
+        try:
+            artifact = await distribution.register_artifact(
+                session_factory(engine),
+                version=version,
+                artifact_format=artifact_format,
+                path=artifact_path,
+                signature=signature,
+                signing_key_id=key_id,
+                settings=settings,
+            )
+        finally:
+            await engine.dispose()
+        click.echo(
+            f"registered {artifact.version} ({artifact.artifact_format}): sha256 "
+            f"{artifact.sha256}, {artifact.size_bytes} bytes, key {artifact.signing_key_id}"
+        )
+
+    _run_service(run())
+
+
+@models.command("assign", help="Set the version a node (or '*': every node) should run.")
+@click.option("--node", "node_id", required=True, help="Node id, or '*' for the fab default.")
+@click.option("--version", required=True, help="A registered model version.")
+@click.option(
+    "--rollback", is_flag=True, help="Switch back to VERSION as the node's kept previous model."
+)
+@click.pass_obj
+def models_assign(settings: FabSettings, node_id: str, version: str, rollback: bool) -> None:
+    """Upsert a node's model assignment."""
+
+    async def run() -> None:
+        engine = make_async_engine(settings.database_url, settings.db_schema)
+        try:
+            assignment = await distribution.assign(
+                session_factory(engine), node_id=node_id, version=version, rollback=rollback
+            )
+        finally:
+            await engine.dispose()
+        what = "roll back to" if assignment.rollback else "run"
+        click.echo(f"node {assignment.node_id} should {what} {assignment.version}")
+
+    _run_service(run())
+
+
+def _run_service(work: Coroutine[Any, Any, None]) -> None:
+    """Run a service call, turning its errors into a clean message and exit status 1."""
+    try:
+        asyncio.run(work)
+    except FabError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _safe_url(url: str) -> str:

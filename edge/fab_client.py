@@ -1,0 +1,162 @@
+"""How the edge node reaches its fab server: the gRPC channel and the reconnect backoff.
+
+The channel is plaintext, TLS or mutual TLS, with keepalive; one channel serves the uplink,
+the metrics push and the OTA agent. `Backoff` is the retry policy of whatever calls the fab.
+Certificate files are read and checked when the channel is opened, so a misconfigured node
+fails at start-up with a message naming the setting instead of failing every handshake later.
+(The edge tier installs no ``fab_server``; the checks mirror the server's own.)
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import grpc  # type: ignore[import-untyped]
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from edge.settings import EdgeSettings
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""Largest message either way: a ResultBatch of a few hundred results with maps fits easily."""
+
+KEEPALIVE_TIME_MS = 60_000
+"""Ping an idle connection every minute: a stream held open for hours notices a dead fab."""
+KEEPALIVE_TIMEOUT_MS = 20_000
+"""A ping unanswered this long closes the connection (the fab server uses the same values)."""
+
+
+def _read(path: Path, setting: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{setting}: cannot read {path}: {exc.strerror}") from exc
+
+
+def _certificates(path: Path, setting: str) -> bytes:
+    data = _read(path, setting)
+    try:
+        x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        raise ValueError(f"{setting}: {path} holds no PEM certificate") from exc
+    return data
+
+
+def _client_key_pair(cert: Path, key: Path) -> tuple[bytes, bytes]:
+    cert_pem = _certificates(cert, "tls_cert")
+    key_pem = _read(key, "tls_key")
+    try:
+        private = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"tls_key: {key} holds no unencrypted PEM private key") from exc
+    # gRPC would only report a failed handshake; say which file is wrong instead.
+    if x509.load_pem_x509_certificates(cert_pem)[0].public_key() != private.public_key():
+        raise ValueError(f"tls_key: {key} does not belong to the certificate {cert}")
+    return cert_pem, key_pem
+
+
+def channel_credentials(settings: EdgeSettings) -> grpc.ChannelCredentials | None:
+    """TLS credentials for the channel to the fab, or None for plaintext (development).
+
+    Args:
+        settings: ``tls_ca`` (the CA that signed the fab server's certificate) enables TLS;
+            ``tls_cert`` and ``tls_key`` (both or neither) add this node's client certificate
+            for mutual TLS.
+
+    Raises:
+        ValueError: a client certificate without ``tls_ca``, only one of ``tls_cert`` and
+            ``tls_key``, an unreadable file or a key that does not match the certificate (the
+            message names the setting).
+    """
+    has_client_cert = settings.tls_cert is not None or settings.tls_key is not None
+    if settings.tls_ca is None:
+        if has_client_cert:
+            # The fab runs its own PKI: the system's public roots cannot vouch for it.
+            raise ValueError("tls_ca: a client certificate (tls_cert, tls_key) needs tls_ca too")
+        return None
+    ca_pem = _certificates(settings.tls_ca, "tls_ca")
+    if not has_client_cert:
+        return grpc.ssl_channel_credentials(root_certificates=ca_pem)
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise ValueError("tls_cert, tls_key: set both or neither")
+    cert_pem, key_pem = _client_key_pair(settings.tls_cert, settings.tls_key)
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem
+    )
+
+
+def channel_options(settings: EdgeSettings) -> list[tuple[str, int]]:
+    """gRPC channel arguments: message limits, keepalive and reconnect backoff.
+
+    The channel's own reconnect backoff is bounded by the uplink's, so a fab that comes back
+    is reached within ``uplink_backoff_max_s`` rather than gRPC's default of two minutes.
+    """
+    initial_ms = max(1, round(settings.uplink_backoff_initial_s * 1000))
+    max_ms = max(initial_ms, round(settings.uplink_backoff_max_s * 1000))
+    return [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.initial_reconnect_backoff_ms", initial_ms),
+        ("grpc.min_reconnect_backoff_ms", initial_ms),
+        ("grpc.max_reconnect_backoff_ms", max_ms),
+    ]
+
+
+def open_channel(settings: EdgeSettings) -> grpc.aio.Channel:
+    """Open the channel to ``settings.fab_address`` (connects lazily, on the first call).
+
+    Call from within the event loop that will use the channel; close it with
+    ``await channel.close()``.
+
+    Args:
+        settings: ``fab_address`` ("host:port"), the TLS files and the uplink backoff.
+
+    Returns:
+        A grpc.aio channel: TLS (mutual with a client certificate) when ``tls_ca`` is set,
+        plaintext otherwise.
+
+    Raises:
+        ValueError: ``fab_address`` is not set, or the TLS settings are bad.
+    """
+    if not settings.fab_address:
+        raise ValueError("fab_address: not set; this node has no fab to talk to")
+    credentials = channel_credentials(settings)
+    options = channel_options(settings)
+    if credentials is None:
+        return grpc.aio.insecure_channel(settings.fab_address, options=options)
+    return grpc.aio.secure_channel(settings.fab_address, credentials, options=options)
+
+
+class Backoff:
+    """Exponential backoff with full jitter: delay n is uniform in [0, min(max, initial * 2^n)].
+
+    Full jitter spreads the reconnects of a fab's nodes after an outage, so they do not all
+    arrive in the same second.
+    """
+
+    def __init__(self, initial_s: float, max_s: float, rng: random.Random) -> None:
+        self._initial = initial_s
+        self._max = max(max_s, initial_s)
+        self._rng = rng
+        self._attempt = 0
+
+    @property
+    def max_s(self) -> float:
+        """The largest delay."""
+        return self._max
+
+    def next_delay(self) -> float:
+        """The delay before the next attempt (seconds); each call doubles the ceiling."""
+        # Capped exponent: 2**attempt must not overflow after days of failures.
+        ceiling = min(self._max, self._initial * 2 ** min(self._attempt, 62))
+        self._attempt += 1
+        return self._rng.uniform(0.0, ceiling)
+
+    def reset(self) -> None:
+        """Start again from ``initial_s`` (after a success)."""
+        self._attempt = 0

@@ -1,0 +1,236 @@
+"""The durable outbox: every result is on disk before its HTTP response leaves the node.
+
+One SQLite file in WAL mode, one table whose ``id`` (AUTOINCREMENT) is the result's sequence
+number at the fab: strictly increasing and never reused, also after deletes and restarts. The
+uplink reads ``pending`` rows, streams them, and deletes them with ``ack`` only once the fab has
+stored them; nothing else ever deletes a row, and a full outbox refuses new rows
+(`OutboxFull`) instead of dropping old ones.
+
+Durability (``sync``), per committed append:
+
+* ``full`` (``synchronous=FULL``): the WAL is fsynced at every commit, so an acknowledged
+  result survives a power loss or kernel crash. Cost measured on this project's build machine
+  (virtual disk, 1.5 KB rows, 300 appends): p50 4.0 ms, p90 4 to 8 ms per append; one
+  `append_many` of 256 rows 12 ms (0.05 ms a row: one fsync for all).
+* ``normal`` (``synchronous=NORMAL``): the WAL is fsynced only at checkpoints, so a result
+  survives the process crashing or being SIGKILLed (it is in the OS page cache) but the last
+  commits can be lost on power loss. Measured the same way: p50 0.04 ms, p99 0.1 to 0.3 ms.
+
+The fsync is the disk's price, not SQLite's, and differs from disk to disk: measure on the
+node's own storage. Choose ``normal`` only where the node is on a UPS or losing the last
+results of a power cut is acceptable (the test station still has the maps).
+
+Disk use is capped at ``max_bytes`` of pages in use (``(page_count - freelist_count) *
+page_size``): pages freed by ``ack`` are reused, so the file stops growing at the cap plus the
+WAL, whose size after a checkpoint is limited by ``journal_size_limit``.
+
+A lost file would restart ids at 1, and the fab would take the new results for duplicates of old
+ones and drop them. The node therefore creates the file with ``first_id`` from the clock (see
+`clock_first_id`), so a re-created outbox continues above anything the old one handed out.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+# Keep the WAL file from staying large after a burst (it is truncated to this at checkpoints).
+_JOURNAL_SIZE_LIMIT = 16 << 20
+_SYNC_PRAGMA = {"full": "FULL", "normal": "NORMAL"}
+
+
+class OutboxFull(Exception):  # noqa: N818 (named for the condition, as the interface fixes)
+    """The outbox reached its disk cap (or the disk is full): a new result cannot be kept."""
+
+
+def clock_first_id() -> int:
+    """First id for a new outbox file: microseconds since the epoch.
+
+    Far above any id a previous file of this node could have reached (one per microsecond of
+    its life), and far below SQLite's and the fab's 2**63 - 1.
+    """
+    return time.time_ns() // 1000
+
+
+class Outbox:
+    """Results waiting for the fab's ack, in one SQLite file. Thread-safe.
+
+    Args:
+        path: the SQLite file (created, with its folder, when missing).
+        max_bytes: cap on the pages in use; `append` raises `OutboxFull` beyond it.
+        sync: ``full`` (survives power loss) or ``normal`` (survives a process crash).
+        first_id: id of the first row of a NEW file; ignored when the file exists.
+
+    Raises:
+        ValueError: unknown ``sync`` or a cap below 64 KiB.
+        sqlite3.Error: the file cannot be opened or is not an outbox.
+    """
+
+    def __init__(
+        self, path: Path, *, max_bytes: int, sync: str = "full", first_id: int = 1
+    ) -> None:
+        if sync not in _SYNC_PRAGMA:
+            raise ValueError(f"sync must be one of {sorted(_SYNC_PRAGMA)}, got {sync!r}")
+        if max_bytes < 1 << 16:
+            raise ValueError(f"max_bytes {max_bytes} is below 64 KiB")
+        if first_id < 1:
+            raise ValueError(f"first_id {first_id} must be at least 1")
+        self.path = Path(path)
+        self._max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit (isolation_level=None): each statement is its own transaction unless a
+        # BEGIN says otherwise, so an append is durable when execute() returns.
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                raise sqlite3.OperationalError(f"{self.path}: cannot use WAL mode (got {mode})")
+            conn.execute(f"PRAGMA synchronous={_SYNC_PRAGMA[sync]}")
+            conn.execute(f"PRAGMA journal_size_limit={_JOURNAL_SIZE_LIMIT}")
+            self._create(conn, first_id)
+            self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            self._depth = int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        except BaseException:
+            conn.close()
+            raise
+        self._conn: sqlite3.Connection | None = conn
+
+    @staticmethod
+    def _create(conn: sqlite3.Connection, first_id: int) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            exists = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'outbox'"
+            ).fetchone()
+            if not exists:
+                conn.execute(
+                    "CREATE TABLE outbox ("
+                    " id INTEGER PRIMARY KEY AUTOINCREMENT, message BLOB NOT NULL)"
+                )
+                if first_id > 1:
+                    # AUTOINCREMENT hands out max(seq, max(id)) + 1 next.
+                    conn.execute(
+                        "INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)",
+                        (first_id - 1,),
+                    )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def append(self, message: bytes) -> int:
+        """Store one message durably (per ``sync``) and return its id.
+
+        Raises:
+            OutboxFull: storing it would pass ``max_bytes``, or the disk is full.
+        """
+        return self.append_many([message])[0]
+
+    def append_many(self, messages: Sequence[bytes]) -> list[int]:
+        """Store several messages in one transaction (one fsync): all of them or none.
+
+        Returns:
+            Their ids, in order.
+
+        Raises:
+            OutboxFull: storing them would pass ``max_bytes``, or the disk is full.
+        """
+        if not messages:
+            return []
+        with self._lock:
+            conn = self._open()
+            incoming = sum(len(m) for m in messages)
+            used = self._used_bytes(conn)
+            if used + incoming > self._max_bytes:
+                raise OutboxFull(
+                    f"outbox holds {used:,} bytes ({self._depth:,} results not acked by the fab); "
+                    f"{incoming:,} more would pass its cap of {self._max_bytes:,}"
+                )
+            try:
+                if len(messages) == 1:
+                    ids = [self._insert(conn, messages[0])]
+                else:
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        ids = [self._insert(conn, m) for m in messages]
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        conn.execute("ROLLBACK")
+                        raise
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
+                    raise OutboxFull(f"the disk under {self.path} is full: {exc}") from exc
+                raise
+            self._depth += len(ids)
+            return ids
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, message: bytes) -> int:
+        row_id = conn.execute("INSERT INTO outbox (message) VALUES (?)", (message,)).lastrowid
+        assert row_id is not None  # always set after an INSERT into a rowid table
+        return row_id
+
+    def pending(self, *, limit: int, after: int = 0) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` stored messages with ids above ``after``, oldest first."""
+        if limit < 1:
+            raise ValueError(f"limit {limit} must be at least 1")
+        with self._lock:
+            rows = (
+                self._open()
+                .execute(
+                    "SELECT id, message FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+                    (after, limit),
+                )
+                .fetchall()
+            )
+        return [(int(row_id), bytes(message)) for row_id, message in rows]
+
+    def ack(self, up_to: int) -> int:
+        """Delete every message with an id up to ``up_to`` (the fab stored them).
+
+        Returns:
+            How many were deleted (0 when they already were).
+        """
+        with self._lock:
+            deleted = self._open().execute("DELETE FROM outbox WHERE id <= ?", (up_to,)).rowcount
+            self._depth -= deleted
+            return int(deleted)
+
+    def depth(self) -> int:
+        """Messages stored and not acked."""
+        return self._depth
+
+    def size_bytes(self) -> int:
+        """Bytes of the pages in use (what ``max_bytes`` caps)."""
+        with self._lock:
+            return self._used_bytes(self._open())
+
+    @property
+    def max_bytes(self) -> int:
+        """The cap on `size_bytes`."""
+        return self._max_bytes
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the database file and close; later calls raise."""
+        with self._lock:
+            if self._conn is None:
+                return
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                self._conn.close()
+                self._conn = None
+
+    def _open(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError(f"outbox {self.path} is closed")
+        return self._conn
+
+    def _used_bytes(self, conn: sqlite3.Connection) -> int:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return (int(pages) - int(free)) * self._page_size

@@ -1,0 +1,170 @@
+"""Edge integration fixtures: a real fab server on its own migrated PostgreSQL schema.
+
+``pg_schema`` and ``fab_settings`` repeat the fab server's fixtures
+(``tests/integration/fab_server/conftest.py``; conftest modules are not importable under
+``--import-mode=importlib``). The rest reads the fab's tables directly, as an auditor would,
+and builds outbox records as the edge's classify service writes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from edge.settings import EdgeSettings
+from fab_server.db import migrate
+from fab_server.settings import FabSettings
+from waferplatform.v1 import common_pb2
+
+NODE = "edge-it-01"
+WAIT_S = 30.0
+
+
+def _async_url(url: str) -> str:
+    return url.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+@pytest.fixture
+def pg_schema(harness: Any) -> Iterator[str]:
+    """A fresh, migrated schema in the real test database, dropped afterwards."""
+    schema = f"edge_{uuid.uuid4().hex[:12]}"
+    migrate(_async_url(harness.postgres_url), schema=schema)
+    yield schema
+    with psycopg.connect(harness.postgres_url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+def fab_settings(harness: Any, pg_schema: str, tmp_path: Path) -> FabSettings:
+    """Settings of a fab server on its own PostgreSQL schema, ports picked by the OS."""
+    return FabSettings(
+        database_url=_async_url(harness.postgres_url),
+        db_schema=pg_schema,
+        grpc_port=0,
+        http_port=0,
+        artifact_dir=tmp_path / "artifacts",
+    )
+
+
+class FabTables:
+    """Reads the fab's tables with plain SQL (what the fab really stored).
+
+    One connection for the test: the fab under test shares the event loop with the polling,
+    so each check must cost well under a millisecond.
+    """
+
+    def __init__(self, url: str, schema: str) -> None:
+        self._conn = psycopg.connect(url, autocommit=True)
+        self._conn.execute(f'SET search_path TO "{schema}"')
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        return self._conn.execute(sql, params).fetchall()
+
+    def sequences(self, node_id: str = NODE) -> list[int]:
+        """Every stored sequence of the node, in order, repeats included."""
+        rows = self._rows("SELECT sequence FROM results WHERE node_id = %s ORDER BY 1", node_id)
+        return [int(r[0]) for r in rows]
+
+    def count(self, node_id: str = NODE) -> int:
+        """Results stored for the node."""
+        return int(self._rows("SELECT count(*) FROM results WHERE node_id = %s", node_id)[0][0])
+
+    def maps(self, node_id: str = NODE) -> int:
+        """Wafer maps stored for the node's results."""
+        return int(self._rows("SELECT count(*) FROM wafer_maps WHERE node_id = %s", node_id)[0][0])
+
+    def metrics(self, node_id: str = NODE) -> list[dict[str, Any]]:
+        """The node's stored monitoring windows, oldest first."""
+        cursor = self._conn.execute(
+            "SELECT * FROM edge_metrics WHERE node_id = %s ORDER BY window_end", (node_id,)
+        )
+        names = [c.name for c in cursor.description or ()]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+@pytest.fixture
+def fab_tables(harness: Any, pg_schema: str) -> Iterator[FabTables]:
+    """The fab's tables in this test's schema."""
+    tables = FabTables(harness.postgres_url, pg_schema)
+    yield tables
+    tables.close()
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port nothing listens on (for a fab that starts later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _record(index: int) -> bytes:
+    """A result as the classify service appends it: a map, no node_id and no sequence."""
+    prediction = index % 9
+    probabilities = [0.02] * 9
+    probabilities[prediction] = 0.84
+    result = common_pb2.Classification(
+        wafer_id=f"WF-{index:06d}",
+        lot_id=f"LOT-{index // 25:04d}",
+        class_probabilities=probabilities,
+        prediction=prediction,
+        confidence=0.84,
+        recursion_steps_used=1 + index % 3,
+        inference_latency_ms=6.5,
+        model_version="trm-v1.0.0",
+        wafer_map=common_pb2.WaferMap(rows=26, cols=26, values=bytes([0, 1, 0, 2]) * 169),
+    )
+    result.classified_at.GetCurrentTime()
+    return bytes(result.SerializeToString())
+
+
+@pytest.fixture
+def results() -> Callable[..., list[bytes]]:
+    """``results(n, start=0)``: n valid outbox records (wafers start .. start + n - 1)."""
+    return lambda count, start=0: [_record(i) for i in range(start, start + count)]
+
+
+@pytest.fixture
+def edge_settings(tmp_path: Path) -> Callable[..., EdgeSettings]:
+    """``edge_settings(port, **overrides)``: a node of this test talking to 127.0.0.1:port."""
+
+    def make(port: int, **overrides: Any) -> EdgeSettings:
+        values: dict[str, Any] = {
+            "node_id": NODE,
+            "fab_address": f"127.0.0.1:{port}",
+            "work_dir": tmp_path / "edge",
+            "outbox_sync": "normal",
+            "uplink_batch": 200,
+            "uplink_backoff_initial_s": 0.05,
+            "uplink_backoff_max_s": 0.5,
+        }
+        values.update(overrides)
+        return EdgeSettings(**values)
+
+    return make
+
+
+@pytest.fixture
+def wait_until() -> Callable[..., Awaitable[None]]:
+    """``await wait_until(condition, what)``: poll a condition on state owned by another
+    process or a database (nothing to await there), failing after ``WAIT_S``."""
+
+    async def wait(condition: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not condition():
+            if loop.time() > deadline:
+                pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+            await asyncio.sleep(0.02)
+
+    return wait
