@@ -20,9 +20,10 @@ from wafercore.readers.lswmd import convert_lswmd, read_lswmd
 from wafercore.readers.npz import read_npz
 from wafercore.synthetic import generate_dataset
 
+SHOWN_LOTS = 12
 TIERS = (
     ("fab server", "wafer-fab serve", "gRPC aggregation, review queue and API on SQLite"),
-    ("edge node x2", "wafer-edge serve", "/classify with the halting runtime, outbox, OTA agent"),
+    ("edge node x2", "wafer-edge serve", "/classify with the halting runtime, outbox, uplink, OTA"),
     ("cloud", "wafer-cloud serve", "training, registry, drift and rollouts"),
 )
 
@@ -110,31 +111,34 @@ def data_convert(pkl: Path, npz: Path) -> None:
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
 @click.pass_obj
 def demo(settings: PlatformSettings, per_class: int, wafers: int, seed: int) -> None:
-    """Show the data, then run a fab server and stream classified wafers into it."""
+    """Show the data, then replay wafers through two edge nodes into a fab server."""
     rng = np.random.default_rng(seed)
     ds = _show_synthetic(per_class, rng)
     stream, source = _demo_wafers(settings, ds, wafers, rng)
-    lots = [f"DEMO-{i // 25 + 1:03d}" for i in range(len(stream))]
-    click.echo(f"\nStreaming {len(stream):,} {source} wafers from one station to a fab server:")
-    settings.work_dir.mkdir(parents=True, exist_ok=True)
-    outcome = asyncio.run(
-        run_demo(settings.work_dir, settings.model_dir, stream, lots, progress=click.echo)
-    )
     click.echo(
-        f"classified and streamed {outcome.streamed:,} wafers in {outcome.seconds:.1f} s; "
-        f"fab acked up to sequence {outcome.acked_sequence:,} "
-        f"({outcome.duplicates} duplicates)\n"
+        f"\nReplaying {len(stream):,} {source} wafers ({len(set(stream.lot.tolist()))} lots) "
+        "through two edge nodes to a fab server:"
     )
-    click.echo(lot_table(outcome.lots))
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    outcome = asyncio.run(run_demo(settings.work_dir, settings.model_dir, stream, click.echo))
+    for station, summary in outcome.replays.items():
+        click.echo(f"{station}: {summary.report()}".replace("\n", "\n  "))
+    click.echo(
+        f"{outcome.sent:,} wafers classified at the edge, {outcome.delivered:,} stored at the "
+        f"fab (outboxes drained) in {outcome.seconds:.1f} s\n"
+    )
+    click.echo(lot_table(outcome.lots[:SHOWN_LOTS]))
+    if len(outcome.lots) > SHOWN_LOTS:
+        click.echo(f"... and {len(outcome.lots) - SHOWN_LOTS} more lots")
     click.echo("\nReview queue, most uncertain first (HTTP API, as the review UI sees it):")
     for item in outcome.queue_head:
         click.echo(
-            f"  {item['wafer_id']:<14} {item['reason']:<15} predicted "
+            f"  {item['wafer_id']:<22} {item['node_id']:<10} {item['reason']:<15} predicted "
             f"{item['predicted_name']!s:<10} confidence {item['confidence']:.2f}"
         )
     click.echo("\nTiers this demo starts:")
     for name, command, what in TIERS:
-        built = name == "fab server"
+        built = name != "cloud"
         click.echo(
             f"  - {name:<13} {command:<18} {what}"
             + ("" if built else ": not built yet, follows in later issues")
@@ -179,15 +183,24 @@ def _show_synthetic(per_class: int, rng: np.random.Generator) -> WaferDataset:
 def _demo_wafers(
     settings: PlatformSettings, synthetic: WaferDataset, count: int, rng: np.random.Generator
 ) -> tuple[WaferDataset, str]:
-    """Real maps from the configured WM-811K sample when there is one, else the synthetic ones."""
+    """Whole lots of real maps from the configured WM-811K sample, else the synthetic wafers."""
     if settings.data_dir is not None:
         sample = settings.data_dir / "unlabelled_sample.npz"
         if sample.exists():
             real = read_npz(sample)
-            pick = np.sort(rng.choice(len(real), size=min(count, len(real)), replace=False))
-            return real.subset(pick), f"real WM-811K ({sample.name})"
+            # A random sample of 811k wafers holds at most a dozen of any lot: take the fullest.
+            lots, sizes = np.unique(real.lot, return_counts=True)
+            full = rng.permutation(lots[sizes >= 8])
+            picked: list[int] = []
+            for lot in full:
+                if len(picked) >= count:
+                    break
+                picked.extend(np.flatnonzero(real.lot == lot).tolist())
+            return real.subset(np.array(picked[:count])), f"real WM-811K ({sample.name})"
     pick = rng.permutation(len(synthetic))[:count]
-    return synthetic.subset(pick), "synthetic"
+    chosen = synthetic.subset(pick)
+    lots = [f"DEMO-{i // 25 + 1:03d}" for i in range(len(chosen))]
+    return WaferDataset.from_maps(list(chosen.maps()), labels=chosen.labels, lot=lots), "synthetic"
 
 
 def _ascii(grid: np.ndarray) -> str:

@@ -1,164 +1,149 @@
-"""The one-machine demo: a fab server on SQLite, a test station streaming classified wafers to it.
+"""The one-machine demo: a fab server on SQLite and two edge nodes, with wafers replayed through.
 
-The station side classifies with the default model through ``wafercore.runtime`` and streams
-over the real gRPC contract (StreamResults), then the lot summaries come back over gRPC
-(GetLotSummary) and the review queue over the HTTP API, as an engineer's browser would see it.
+Everything talks over the real interfaces: the stations POST maps to the edge nodes' HTTP API,
+each node classifies with the default model, stores the result in its outbox and streams it to
+the fab over gRPC (StreamResults, acked); lot summaries come back from the fab over gRPC
+(GetLotSummary) and the review queue over its HTTP API, as the review UI would see it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
+import shutil
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 import httpx
-import numpy as np
 
+from edge.node import EdgeNode
+from edge.replay import ReplaySummary, classify_bodies, replay
+from edge.settings import EdgeSettings
 from fab_server.app import FabServer
 from fab_server.db import migrate
-from fab_server.rpc.convert import to_timestamp
 from fab_server.settings import ApiToken, FabSettings
 from wafercore.classes import CLASS_NAMES
 from wafercore.dataset import WaferDataset
-from wafercore.preprocessing import to_grid, to_tokens
-from wafercore.runtime import ModelRuntime
-from waferplatform.v1 import common_pb2, fab_pb2, fab_pb2_grpc  # type: ignore[import-not-found]
+from waferplatform.v1 import fab_pb2, fab_pb2_grpc  # type: ignore[import-not-found]
 
-NODE_ID = "demo-station-1"
-BATCH = 100
+STATIONS = ("station-1", "station-2")
+REPLAY_RATE = 100.0  # wafers per second and station
+DRAIN_TIMEOUT_S = 60.0
 
 
 @dataclass
 class DemoOutcome:
     """What the demo did, for the CLI to print and tests to check."""
 
-    streamed: int
-    acked_sequence: int
-    duplicates: int
+    sent: int
+    delivered: int
     seconds: float
-    lots: list[fab_pb2.LotSummary] = field(default_factory=list)
-    queue_head: list[dict[str, object]] = field(default_factory=list)
+    replays: dict[str, ReplaySummary] = field(default_factory=dict)
+    lots: list[Any] = field(default_factory=list)  # fab_pb2.LotSummary
+    queue_head: list[dict[str, Any]] = field(default_factory=list)
     model_version: str = ""
 
 
-def _classifications(
-    runtime: ModelRuntime, wafers: WaferDataset, lots: list[str]
-) -> list[common_pb2.Classification]:
-    grids = np.stack([to_grid(m) for m in wafers.maps()])
-    started = time.perf_counter()
-    out = runtime.predict(to_tokens(grids))
-    per_wafer_ms = (time.perf_counter() - started) * 1000 / len(wafers)
-    now = to_timestamp(datetime.now(UTC))
-    messages = []
-    for i in range(len(wafers)):
-        raw = wafers.map(i)
-        messages.append(
-            common_pb2.Classification(
-                wafer_id=f"{lots[i]}-W{i % 25 + 1:02d}",
-                lot_id=lots[i],
-                node_id=NODE_ID,
-                sequence=i + 1,
-                class_probabilities=out.probabilities[i].tolist(),
-                prediction=int(out.prediction[i]),
-                confidence=float(out.confidence[i]),
-                recursion_steps_used=int(out.steps[i]),
-                inference_latency_ms=per_wafer_ms,
-                model_version=runtime.version,
-                flagged_for_review=bool(out.flagged[i]),
-                classified_at=now,
-                review_reason=(
-                    common_pb2.REVIEW_REASON_LOW_CONFIDENCE
-                    if out.flagged[i]
-                    else common_pb2.REVIEW_REASON_UNSPECIFIED
-                ),
-                wafer_map=common_pb2.WaferMap(
-                    rows=raw.shape[0], cols=raw.shape[1], values=raw.tobytes()
-                ),
-            )
-        )
-    return messages
-
-
-async def _stream(
-    stub: fab_pb2_grpc.FabServiceStub, messages: list[common_pb2.Classification]
-) -> tuple[int, int]:
-    async def batches() -> AsyncIterator[fab_pb2.ResultBatch]:
-        for first in range(0, len(messages), BATCH):
-            yield fab_pb2.ResultBatch(
-                node_id=NODE_ID,
-                batch_id=f"b-{first // BATCH}",
-                results=messages[first : first + BATCH],
-            )
-
-    acked = duplicates = 0
-    async for ack in stub.StreamResults(batches(), timeout=120):
-        acked = max(acked, ack.acked_sequence)
-        duplicates += ack.duplicates
-    return acked, duplicates
+async def _drained(nodes: list[EdgeNode]) -> None:
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while any(n.outbox is not None and n.outbox.depth() for n in nodes):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the edge nodes did not deliver their outboxes to the fab in time")
+        await asyncio.sleep(0.1)
 
 
 async def run_demo(
     work_dir: Path,
     model_dir: Path,
     wafers: WaferDataset,
-    lots: list[str],
     progress: Callable[[str], None],
 ) -> DemoOutcome:
-    """Start a fab server on a fresh SQLite database, stream ``wafers`` to it, read it back."""
-    db = work_dir / "demo-fab.db"
-    for stale in work_dir.glob("demo-fab.db*"):
-        stale.unlink()
+    """Start a fab server and two edge nodes on fresh local state and replay ``wafers``.
+
+    Wafers alternate between the two stations by lot, as two testers working one lot each.
+    """
+    root = work_dir / "demo"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
     token = secrets.token_urlsafe(24)
-    settings = FabSettings(
-        database_url=f"sqlite+aiosqlite:///{db}",
+    fab_settings = FabSettings(
+        database_url=f"sqlite+aiosqlite:///{root / 'fab.db'}",
         grpc_port=0,
         http_port=0,
         model_dir=model_dir,
-        artifact_dir=work_dir / "demo-artifacts",
+        artifact_dir=root / "fab-artifacts",
         api_tokens=[ApiToken(token=token, user="demo-engineer", role="engineer")],
     )
-    migrate(settings.database_url)
-    runtime = await asyncio.to_thread(ModelRuntime.load, model_dir)
-    progress(f"fab server on {db} (SQLite), model {runtime.version}")
-    server = await FabServer(settings, runtime=runtime).start()
+    migrate(fab_settings.database_url)
+    fab = await FabServer(fab_settings).start()
+    nodes: list[EdgeNode] = []
     try:
+        for station in STATIONS:
+            settings = EdgeSettings(
+                node_id=station,
+                fab_address=f"127.0.0.1:{fab.grpc_port}",
+                http_port=0,
+                work_dir=root / station,
+                default_model_dir=model_dir,
+                outbox_sync="normal",  # the demo's disk is scratch; production keeps "full"
+            )
+            nodes.append(await EdgeNode(settings).start())
+        version = nodes[0].store.current.version if nodes[0].store else ""
+        progress(f"fab server (SQLite) and edge nodes {', '.join(STATIONS)} serving {version}")
+        bodies = list(classify_bodies(wafers))
+        per_station: dict[str, list[dict[str, Any]]] = {s: [] for s in STATIONS}
+        lots = list(dict.fromkeys(b["lot_id"] for b in bodies))
+        for body in bodies:
+            per_station[STATIONS[lots.index(body["lot_id"]) % len(STATIONS)]].append(body)
         started = time.perf_counter()
-        messages = await asyncio.to_thread(_classifications, runtime, wafers, lots)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        summaries = await asyncio.gather(
+            *(
+                replay(
+                    per_station[station],
+                    target=f"http://127.0.0.1:{node.http_port}",
+                    rate=REPLAY_RATE,
+                    total=len(per_station[station]),
+                    progress=False,
+                )
+                for station, node in zip(STATIONS, nodes, strict=True)
+            )
+        )
+        await _drained(nodes)
+        seconds = time.perf_counter() - started
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{fab.grpc_port}") as channel:
             stub = fab_pb2_grpc.FabServiceStub(channel)
-            acked, duplicates = await _stream(stub, messages)
-            seconds = time.perf_counter() - started
-            summaries = [
+            lot_summaries = [
                 await stub.GetLotSummary(fab_pb2.GetLotSummaryRequest(lot_id=lot), timeout=10)
-                for lot in dict.fromkeys(lots)
+                for lot in lots
             ]
         async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{server.http_port}",
+            base_url=f"http://127.0.0.1:{fab.http_port}",
             headers={"Authorization": f"Bearer {token}"},
         ) as http:
             response = await http.get("/api/review/items", params={"limit": 5})
             response.raise_for_status()
             queue_head = response.json()
     finally:
-        await server.stop()
+        for node in nodes:
+            await node.stop()
+        await fab.stop()
     return DemoOutcome(
-        streamed=len(messages),
-        acked_sequence=acked,
-        duplicates=duplicates,
+        sent=len(bodies),
+        delivered=sum(s.total_wafers for s in lot_summaries),
         seconds=seconds,
-        lots=summaries,
+        replays=dict(zip(STATIONS, summaries, strict=True)),
+        lots=lot_summaries,
         queue_head=queue_head,
-        model_version=runtime.version,
+        model_version=version,
     )
 
 
-def lot_table(summaries: list[fab_pb2.LotSummary]) -> str:
-    """The lot summaries as a text table."""
+def lot_table(summaries: list[Any]) -> str:
+    """The fab's lot summaries as a text table."""
     lines = [f"{'lot':<16} {'wafers':>6} {'flagged':>7} {'dominant':<10} {'yield':>6}  excursion"]
     for s in summaries:
         die_yield = f"{s.die_yield:.1%}" if s.HasField("die_yield") else "-"
