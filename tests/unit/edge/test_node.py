@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import shutil
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -12,6 +15,7 @@ import pytest
 
 from edge.node import EdgeNode
 from edge.settings import EdgeSettings
+from wafercore.runtime import ModelRuntime
 
 DEFAULT = Path(__file__).resolve().parents[3] / "models" / "trm-v1.0.0"
 BODY = {
@@ -119,3 +123,50 @@ async def test_a_port_in_use_fails_start_and_releases_what_was_opened(tmp_path: 
             second.outbox.append(b"x")
     finally:
         await first.stop()
+
+
+@pytest.mark.asyncio
+async def test_model_swaps_under_http_load_fail_no_request(tmp_path: Path) -> None:
+    """Requests keep being answered while new models are activated and rolled back under them."""
+    node = await EdgeNode(_settings(tmp_path / "node")).start()
+    store = node.store
+    assert store is not None
+    candidates = []
+    for i in range(3):
+        candidate = store.staging_dir()
+        for item in DEFAULT.iterdir():
+            shutil.copy2(item, candidate / item.name)
+        manifest = json.loads((candidate / "model.json").read_text())
+        manifest["version"] = f"trm-v9.0.{i}"
+        (candidate / "model.json").write_text(json.dumps(manifest))
+        candidates.append(candidate)
+    statuses: list[int] = []
+    versions: set[str] = set()
+    stop = asyncio.Event()
+
+    async def station(http: httpx.AsyncClient, n: int) -> None:
+        i = 0
+        while not stop.is_set():
+            answer = await http.post("/classify", json={**BODY, "wafer_id": f"WF-{n}-{i}"})
+            statuses.append(answer.status_code)
+            if answer.status_code == 200:
+                versions.add(answer.json()["model_version"])
+            i += 1
+
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{node.http_port}") as http:
+            stations = [asyncio.create_task(station(http, n)) for n in range(8)]
+            for candidate in candidates:
+                runtime = await asyncio.to_thread(ModelRuntime.load, candidate)
+                await asyncio.to_thread(store.activate, candidate, runtime)
+                await asyncio.sleep(0.2)
+            await asyncio.to_thread(store.rollback)
+            await asyncio.sleep(0.2)
+            stop.set()
+            await asyncio.gather(*stations)
+    finally:
+        await node.stop()
+    assert len(statuses) > 50
+    assert set(statuses) == {200}
+    assert {"trm-v9.0.0", "trm-v9.0.2"} <= versions  # traffic really crossed the swaps
+    assert store.current.version == "trm-v9.0.1"  # rolled back from .2 to .1
