@@ -3,7 +3,7 @@
 Prints parameters, GFLOP per wafer with halting, latency at batch 1 (p50/p90/p99, one thread,
 with halting and with every step) and throughput at batch 64.
 
-    .venv/bin/python bench/model_latency.py --model models/trm-v1.0.0
+    .venv/bin/python bench/model_latency.py --model models/trm-v1.1.0
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _latencies(runtime: ModelRuntime, tokens: np.ndarray, threshold: float | Non
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     data_dir = os.environ.get("WAFER_DATA_DIR", "../shared/data/wm811k")
-    parser.add_argument("--model", type=Path, default=Path("models/trm-v1.0.0"))
+    parser.add_argument("--model", type=Path, default=Path("models/trm-v1.1.0"))
     parser.add_argument("--data", type=Path, default=Path(data_dir) / "sample_stratified.npz")
     parser.add_argument("--n", type=int, default=500, help="wafers timed one at a time")
     args = parser.parse_args()

@@ -55,7 +55,7 @@ class EdgeSettings(BaseSettings):
         default=Path("var/edge"), description="Outbox and installed models live here."
     )
     default_model_dir: Path = Field(
-        default=Path("models/trm-v1.0.0"),
+        default=Path("models/trm-v1.1.0"),
         description="Model served until an OTA update installs another.",
     )
     runtime_threads: int = Field(default=1, ge=1, le=64, description="ONNX Runtime threads.")

@@ -55,7 +55,7 @@ class FabSettings(BaseSettings):
     grpc_port: int = Field(default=50051, ge=0, le=65535)
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
-    model_dir: Path = Path("models/trm-v1.0.0")
+    model_dir: Path = Path("models/trm-v1.1.0")
     artifact_dir: Path = Field(
         default=Path("var/fab/artifacts"), description="Where signed model artifacts are kept."
     )

@@ -25,5 +25,5 @@ class PlatformSettings(BaseSettings):
         description="Where the embedded defaults keep their files (SQLite databases, outboxes).",
     )
     model_dir: Path = Field(
-        default=Path("models/trm-v1.0.0"), description="The default model the demo serves."
+        default=Path("models/trm-v1.1.0"), description="The default model the demo serves."
     )

@@ -160,6 +160,7 @@ def train(
             ``resume=True`` call finishes the schedule exactly as one uninterrupted run would.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
+    code = code_version()  # the code this run started with, not HEAD at each checkpoint
     seed_everything(config.seed)
     device = pick_device(config.device)
     model = build_model(config).to(device)
@@ -299,7 +300,7 @@ def train(
             "architecture": model.config.to_dict()
             if hasattr(model.config, "to_dict")
             else vars(model.config),
-            "code_version": code_version(),
+            "code_version": code,
             "data": {
                 **data.provenance,
                 "synthetic_rows": len(train_raw) - len(data.train_raw),

@@ -8,6 +8,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from fab_server.cli import main
+from fab_server.settings import FabSettings
 
 
 def test_migrate_then_seed_stores_classified_synthetic_wafers(tmp_path: Path) -> None:
@@ -26,7 +27,7 @@ def test_migrate_then_seed_stores_classified_synthetic_wafers(tmp_path: Path) ->
         assert conn.execute("SELECT count(DISTINCT lot_id) FROM results").fetchone()[0] >= 2
         assert conn.execute("SELECT count(*) FROM wafer_maps").fetchone() == (50,)
         versions = conn.execute("SELECT DISTINCT model_version FROM results").fetchall()
-        assert versions == [("trm-v1.0.0",)]
+        assert versions == [(FabSettings().model_dir.name,)]  # the default model
 
 
 def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:

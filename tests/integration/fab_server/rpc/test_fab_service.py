@@ -71,7 +71,7 @@ async def test_classify_batch_runs_the_default_model(fab: Any) -> None:
     assert [r.wafer_id for r in response.results] == ["W1", "W2", "W3"]
     assert first.WhichOneof("outcome") == "classification"
     result = first.classification
-    assert result.model_version == "trm-v1.0.0" and result.lot_id == "LOT-9"
+    assert result.model_version == fab.settings.model_dir.name and result.lot_id == "LOT-9"
     assert len(result.class_probabilities) == 9
     assert result.prediction == int(np.argmax(result.class_probabilities))
     assert result.recursion_steps_used >= 1 and result.HasField("classified_at")

@@ -53,7 +53,7 @@ async def test_good_wafers_are_classified_and_bad_maps_get_an_error(
     first, bad_size, wm811k, no_map, no_id = outcomes
     assert first.result is not None and first.error == ""
     result = first.result
-    assert result.model_version == "trm-v1.0.0"
+    assert result.model_version == SETTINGS.model_dir.name  # the default model
     assert result.node_id == classify.FAB_NODE_ID and result.lot_id == "LOT-1"
     assert len(result.probabilities) == 9 and sum(result.probabilities) == pytest.approx(
         1, abs=1e-5
