@@ -349,7 +349,12 @@ def main() -> None:
     parser.add_argument("--database-url", default=default_url, help="SQLAlchemy URL (psycopg)")
     parser.add_argument("--streams", type=int, default=4, help="concurrent nodes streaming")
     parser.add_argument("--results", type=int, default=50_000, help="results per stream")
-    parser.add_argument("--batch", type=int, default=500, help="results per ResultBatch")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=2000,
+        help="results per ResultBatch (the edge uplink's default)",
+    )
     parser.add_argument(
         "--rows", default="1000000", help="stored results for GetLotSummary, comma-separated"
     )

@@ -70,7 +70,18 @@ class EdgeSettings(BaseSettings):
         default="full",
         description="full: every result survives power loss; normal: survives a process crash.",
     )
-    uplink_batch: int = Field(default=500, ge=1, description="Results per StreamResults batch.")
+    uplink_batch: int = Field(
+        default=2000,
+        ge=1,
+        description="Results per StreamResults batch: the fab commits (fsyncs) once per batch, "
+        "so bigger batches drain a backlog faster (500: ~15k/s, 2000: ~24k/s on the bench).",
+    )
+    uplink_batch_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="Most bytes of results per batch (maps up to 512x512 are big), well under "
+        "the fab's 64 MiB message limit; a batch always carries at least one result.",
+    )
     uplink_backoff_initial_s: float = Field(default=0.5, gt=0)
     uplink_backoff_max_s: float = Field(default=30.0, gt=0)
     metrics_interval_s: float = Field(default=60.0, gt=0)

@@ -185,6 +185,7 @@ class Uplink:
             raise ValueError(f"max_in_flight: must be >= 1, got {max_in_flight}")
         self._node_id = settings.node_id
         self._batch_size = settings.uplink_batch
+        self._batch_bytes = settings.uplink_batch_bytes
         self._outbox = outbox
         self._stub = fab_pb2_grpc.FabServiceStub(channel)
         self._max_in_flight = max_in_flight
@@ -354,7 +355,12 @@ class Uplink:
         records = []
         with self._skipped_lock:
             skipped = set(self._skipped)
+        size = 0
+        last_read = after
         for sequence, data in pending:
+            if records and size + len(data) > self._batch_bytes:
+                break  # big maps: stay far below the fab's message limit; the rest goes next
+            last_read = sequence
             if sequence in skipped:
                 continue
             result = batch.results.add()
@@ -367,8 +373,9 @@ class Uplink:
             result.node_id = self._node_id
             result.sequence = sequence
             records.append((sequence, data))
+            size += len(data)
         batch.sent_at.GetCurrentTime()
-        return pending[-1][0], batch, records
+        return last_read, batch, records
 
     async def _receive(self, call: Any, stream: _Stream) -> None:
         while (ack := await call.read()) is not grpc.aio.EOF:

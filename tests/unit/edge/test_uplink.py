@@ -207,6 +207,22 @@ async def test_drain_delivers_every_result_once_with_node_and_outbox_sequence(
 
 
 @pytest.mark.asyncio
+async def test_batches_are_cut_by_bytes_so_big_maps_stay_under_the_message_limit(
+    tmp_path: Path, fab: tuple[FakeFab, int], outbox: Outbox, channel: grpc.aio.Channel
+) -> None:
+    fake, port = fab
+    ids = _fill(outbox, 12)
+    budget = 2 * len(_record("W0")) + 5  # room for two records, not three
+    settings = _settings(tmp_path, port, uplink_batch=100, uplink_batch_bytes=1024)
+    uplink = Uplink(settings.model_copy(update={"uplink_batch_bytes": budget}), outbox, channel)
+
+    assert await uplink.drain_once() == 12
+
+    assert [len(b.results) for b in fake.batches] == [2] * 6
+    assert sorted(fake.stored) == ids and fake.duplicates == 0 and outbox.depth() == 0
+
+
+@pytest.mark.asyncio
 async def test_batches_are_pipelined_up_to_the_window(
     tmp_path: Path, fab: tuple[FakeFab, int], outbox: Outbox, channel: grpc.aio.Channel
 ) -> None:
