@@ -352,7 +352,7 @@ class Uplink:
         if not pending:
             return None, None, []
         batch = fab_pb2.ResultBatch(node_id=self._node_id, batch_id=uuid.uuid4().hex)
-        records = []
+        records: list[tuple[int, bytes]] = []
         with self._skipped_lock:
             skipped = set(self._skipped)
         size = 0
