@@ -1,16 +1,14 @@
 """Edge integration fixtures: a real fab server on its own migrated PostgreSQL schema.
 
-``pg_schema`` and ``fab_settings`` repeat the fab server's fixtures
-(``tests/integration/fab_server/conftest.py``; conftest modules are not importable under
-``--import-mode=importlib``). The rest reads the fab's tables directly, as an auditor would,
-and builds outbox records as the edge's classify service writes them.
+``pg_schema`` and ``fab_settings`` come from ``tests/integration/conftest.py``. These read the
+fab's tables directly, as an auditor would, and build outbox records as the edge's classify
+service writes them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,38 +17,10 @@ import psycopg
 import pytest
 
 from edge.settings import EdgeSettings
-from fab_server.db import migrate
-from fab_server.settings import FabSettings
 from waferplatform.v1 import common_pb2
 
 NODE = "edge-it-01"
 WAIT_S = 30.0
-
-
-def _async_url(url: str) -> str:
-    return url.replace("postgresql://", "postgresql+psycopg://", 1)
-
-
-@pytest.fixture
-def pg_schema(harness: Any) -> Iterator[str]:
-    """A fresh, migrated schema in the real test database, dropped afterwards."""
-    schema = f"edge_{uuid.uuid4().hex[:12]}"
-    migrate(_async_url(harness.postgres_url), schema=schema)
-    yield schema
-    with psycopg.connect(harness.postgres_url, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
-@pytest.fixture
-def fab_settings(harness: Any, pg_schema: str, tmp_path: Path) -> FabSettings:
-    """Settings of a fab server on its own PostgreSQL schema, ports picked by the OS."""
-    return FabSettings(
-        database_url=_async_url(harness.postgres_url),
-        db_schema=pg_schema,
-        grpc_port=0,
-        http_port=0,
-        artifact_dir=tmp_path / "artifacts",
-    )
 
 
 class FabTables:

@@ -1,4 +1,7 @@
-"""Fab server integration fixtures: every test gets its own migrated PostgreSQL schema."""
+"""Integration fixtures: a fab server's settings on its own migrated PostgreSQL schema per test.
+
+Shared by the fab server's and the edge node's integration tests (edge nodes need a real fab).
+"""
 
 from __future__ import annotations
 
