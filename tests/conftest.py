@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -19,6 +20,13 @@ class HarnessSettings(BaseSettings):
     wafer_data_dir: Path | None = Field(
         default=None, validation_alias=AliasChoices("WAFER_DATA_DIR", "TEST_WAFER_DATA_DIR")
     )
+    hypothesis_profile: str = Field(
+        default="default", description="'ci': property tests replay fixed examples (.ci/run)."
+    )
+
+
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.load_profile(HarnessSettings().hypothesis_profile)
 
 
 @pytest.fixture(scope="session")

@@ -175,7 +175,7 @@ def _chunk(
     # einsum: numpy's sum over a short middle axis is several times slower.
     by_bin = np.einsum("mbcf->mbf", counts)  # (m, 13, 2)
     by_sector = np.einsum("mbcf->mcf", counts)[:, _SECTOR_CODE]  # (m, 8, 2)
-    _drop_centre_die(by_sector, y, x, fail)
+    _drop_centre_die(by_sector, y, x, fail, inside)
 
     # Fail centroid minus wafer centroid, in the same n_in-scaled units as y and x.
     safe_fail = np.maximum(n_fail, 1)
@@ -253,6 +253,7 @@ def _drop_centre_die(
     y: npt.NDArray[np.int64],
     x: npt.NDArray[np.int64],
     fail: npt.NDArray[np.uint8],
+    inside: npt.NDArray[Any],
 ) -> None:
     """Remove a die sitting exactly on the centre (it has no direction) from the sector counts."""
     on_row, on_col = y == 0, x == 0  # (m, h), (m, w)
@@ -260,8 +261,11 @@ def _drop_centre_die(
     if maps.size == 0:
         return
     row, col = on_row[maps].argmax(axis=1), on_col[maps].argmax(axis=1)
-    # The centre cell is in the wafer (it is the centroid of in-wafer cells... when it is a cell
-    # at all), and all four tests give it code 1.
+    # The centroid of the in-wafer cells can fall on a cell outside the wafer (a ragged or
+    # sparse map): that cell was never counted, so there is nothing to remove.
+    counted = inside[maps, row, col].astype(bool)
+    maps, row, col = maps[counted], row[counted], col[counted]
+    # All four tests give the centre code 1.
     centre_sector = int(np.flatnonzero(_SECTOR_CODE == 1)[0])
     by_sector[maps, centre_sector, fail[maps, row, col].astype(np.intp)] -= 1
 

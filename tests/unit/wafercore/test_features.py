@@ -252,6 +252,16 @@ def test_matches_the_cell_by_cell_reference(grid: Grid) -> None:
     assert_matches(spatial_features(grid), 0, reference(grid))
 
 
+def test_a_wafer_centre_on_an_out_of_wafer_cell_is_not_dropped_from_a_sector() -> None:
+    """Found by hypothesis: the in-wafer centroid (3, 12) is itself outside the wafer."""
+    grid = np.full((6, 20), OUT, np.uint8)
+    grid[0, 0] = grid[0, 16] = grid[5, 12] = grid[5, 19] = 0
+    grid[5, 13] = FAIL
+    features = spatial_features(grid)
+    assert_matches(features, 0, reference(grid))
+    assert features.angular_profile[0].max() == 0.5  # 1 fail of the 2 die in its sector
+
+
 @settings(max_examples=150, deadline=None)
 @given(wafer_grids(max_side=40))
 def test_features_are_finite_rates(grid: Grid) -> None:
