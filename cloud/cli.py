@@ -9,6 +9,14 @@ import click
 
 from cloud.settings import CloudSettings
 
+model_dir_option = click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    required=True,
+    help="Model directory (model.onnx + model.json).",
+)
+
 
 @click.group(help="Cloud tier: training, evaluation, model registry, drift detection and rollouts.")
 @click.version_option(package_name="wafer-platform")
@@ -56,13 +64,7 @@ def train(
 
 
 @main.command(help="Evaluate a model directory on a data file; writes report.json, .md, plots.")
-@click.option(
-    "--model",
-    "model_dir",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    required=True,
-    help="Model directory (model.onnx + model.json).",
-)
+@model_dir_option
 @click.option(
     "--data",
     "data_path",
@@ -95,12 +97,7 @@ def evaluate(
 
 
 @main.command(help="Build a TensorRT engine from a model directory (needs an NVIDIA GPU).")
-@click.option(
-    "--model",
-    "model_dir",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    required=True,
-)
+@model_dir_option
 @click.option("--tensorrt", is_flag=True, required=True, help="Build the TensorRT engine.")
 def export(model_dir: Path, tensorrt: bool) -> None:
     """Optional accelerated artefacts beside the portable ONNX graph."""
@@ -133,13 +130,7 @@ def keys(out: Path, key_id: str) -> None:
 @main.command(
     help="Package a model directory as a signed artifact (FILE) and signature (FILE.sig)."
 )
-@click.option(
-    "--model",
-    "model_dir",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    required=True,
-    help="Model directory (model.onnx + model.json).",
-)
+@model_dir_option
 @click.option(
     "--key",
     "private_key",
