@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -44,3 +47,25 @@ def wafer_data_dir(harness: HarnessSettings) -> Path:
     if not (path / "labelled.npz").is_file():
         pytest.skip(f"WAFER_DATA_DIR={path} has no labelled.npz")
     return path
+
+
+PREVIOUS_MODEL = Path(__file__).resolve().parents[1] / "models" / "trm-v1.0.0"
+
+
+@pytest.fixture(scope="session")
+def renamed_model() -> Callable[[Path, str], Path]:
+    """Makes a copy of a shipped model under another version (same graph, so it loads).
+
+    Call it with the target folder (created) and the version to write into ``model.json``.
+    """
+
+    def make(target: Path, version: str) -> Path:
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("model.onnx", "model.json"):
+            shutil.copy(PREVIOUS_MODEL / name, target / name)
+        manifest = json.loads((target / "model.json").read_text())
+        manifest["version"] = version
+        (target / "model.json").write_text(json.dumps(manifest))
+        return target
+
+    return make

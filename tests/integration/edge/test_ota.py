@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,16 +59,6 @@ class Artifacts:
     bad_golden: Published
 
 
-def _model_version(target: Path, version: str) -> Path:
-    """A copy of the default model under another version (same graph, so it loads)."""
-    target.mkdir(parents=True)
-    shutil.copy(MODEL_DIR / MODEL_FILE, target / MODEL_FILE)
-    manifest = json.loads((MODEL_DIR / MANIFEST_FILE).read_text())
-    manifest["version"] = version
-    (target / MANIFEST_FILE).write_text(json.dumps(manifest))
-    return target
-
-
 def _sign(path: Path, key: Path) -> Published:
     signature, _, _ = sign_file(path, load_private_key(key))
     Path(f"{path}.sig").write_bytes(signature)
@@ -77,13 +66,15 @@ def _sign(path: Path, key: Path) -> Published:
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
+def artifacts(
+    tmp_path_factory: pytest.TempPathFactory, renamed_model: Callable[[Path, str], Path]
+) -> Artifacts:
     work = tmp_path_factory.mktemp("registry")
     key = generate_keypair(work / "keys", KEY_ID).private_key
     trusted = work / "trusted"
     trusted.mkdir()
     shutil.copy(work / "keys" / f"{KEY_ID}.pub", trusted)
-    new_dir = _model_version(work / NEW, NEW)
+    new_dir = renamed_model(work / NEW, NEW)
     new = package_model(new_dir, work / "new.tar", private_key=key, key_id=KEY_ID)
     old = package_model(MODEL_DIR, work / "old.tar", private_key=key, key_id=KEY_ID)
     # Registered at the fab with the real signature, but one byte differs from what was signed.

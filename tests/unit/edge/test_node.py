@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
 import statistics
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -126,20 +124,14 @@ async def test_a_port_in_use_fails_start_and_releases_what_was_opened(tmp_path: 
 
 
 @pytest.mark.asyncio
-async def test_model_swaps_under_http_load_fail_no_request(tmp_path: Path) -> None:
+async def test_model_swaps_under_http_load_fail_no_request(
+    tmp_path: Path, renamed_model: Callable[[Path, str], Path]
+) -> None:
     """Requests keep being answered while new models are activated and rolled back under them."""
     node = await EdgeNode(_settings(tmp_path / "node")).start()
     store = node.store
     assert store is not None
-    candidates = []
-    for i in range(3):
-        candidate = store.staging_dir()
-        for item in DEFAULT.iterdir():
-            shutil.copy2(item, candidate / item.name)
-        manifest = json.loads((candidate / "model.json").read_text())
-        manifest["version"] = f"trm-v9.0.{i}"
-        (candidate / "model.json").write_text(json.dumps(manifest))
-        candidates.append(candidate)
+    candidates = [renamed_model(store.staging_dir(), f"trm-v9.0.{i}") for i in range(3)]
     statuses: list[int] = []
     versions: set[str] = set()
     stop = asyncio.Event()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import shutil
 from collections.abc import AsyncIterator, Callable
@@ -53,32 +52,22 @@ class Artifacts:
     bad_golden: Signed
 
 
-def _model_version(target: Path, version: str) -> Path:
-    """A copy of the default model under another version (same graph, so it loads)."""
-    target.mkdir(parents=True)
-    shutil.copy(MODEL_DIR / MODEL_FILE, target / MODEL_FILE)
-    manifest = json.loads((MODEL_DIR / MANIFEST_FILE).read_text())
-    manifest["version"] = version
-    (target / MANIFEST_FILE).write_text(json.dumps(manifest))
-    return target
-
-
 def _signed(path: Path, key: Path) -> Signed:
     signature, sha256, _ = sign_file(path, load_private_key(key))
     return Signed(path.read_bytes(), signature, sha256)
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
+def artifacts(
+    tmp_path_factory: pytest.TempPathFactory, renamed_model: Callable[[Path, str], Path]
+) -> Artifacts:
     work = tmp_path_factory.mktemp("artifacts")
     pair = generate_keypair(work / "registry", KEY_ID)
     trusted = work / "trusted"  # a node holds only the public key
     trusted.mkdir()
     shutil.copy(pair.public_key, trusted)
     good = work / "good.tar"
-    package_model(
-        _model_version(work / NEW, NEW), good, private_key=pair.private_key, key_id=KEY_ID
-    )
+    package_model(renamed_model(work / NEW, NEW), good, private_key=pair.private_key, key_id=KEY_ID)
     # Same announced digest and signature, one byte changed on the way.
     signed = _signed(good, pair.private_key)
     data = bytearray(signed.data)
