@@ -4,7 +4,7 @@ Routes are thin: they turn bodies into `WaferInput` and `Classified` results int
 `ClassifyService` does the work. Local network only, so no authentication.
 
 Errors: a bad request is 422 naming the field and the reason (pydantic's errors for the body's
-shape, `WaferMapError` for ids, maps and G85 documents; the input is never echoed back), a body
+shape, `InvalidInput` for ids, maps and G85 documents; the input is never echoed back), a body
 over ``max_body_bytes`` is 413 (counted on the bytes received, so also without a
 Content-Length), and a full outbox is 503 with Retry-After. Nothing a client sends produces a
 5xx.
@@ -39,7 +39,7 @@ from edge.schemas import (
 )
 from edge.settings import EdgeSettings
 from wafercore.classes import CLASS_NAMES
-from wafercore.errors import WaferMapError
+from wafercore.errors import InvalidInput
 
 OUTBOX_RETRY_AFTER_S = 30
 """Retry-After of a 503 for a full outbox: room appears only as the fab acks results."""
@@ -120,7 +120,7 @@ def create_app(
         return JSONResponse({"detail": detail}, status.HTTP_422_UNPROCESSABLE_CONTENT)
 
     async def bad_map(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, WaferMapError)
+        assert isinstance(exc, InvalidInput)
         metrics.rejected(422)
         return JSONResponse(
             error_body(exc.field, exc.reason, "wafer_map"), status.HTTP_422_UNPROCESSABLE_CONTENT
@@ -151,7 +151,7 @@ def create_app(
         return await http_exception_handler(request, exc)
 
     app.add_exception_handler(RequestValidationError, validation_failed)
-    app.add_exception_handler(WaferMapError, bad_map)
+    app.add_exception_handler(InvalidInput, bad_map)
     app.add_exception_handler(OutboxFull, outbox_full)
     app.add_exception_handler(StarletteHTTPException, http_error)
 

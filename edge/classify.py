@@ -27,9 +27,10 @@ from google.protobuf.timestamp_pb2 import Timestamp  # type: ignore[import-untyp
 from edge.metrics import EdgeMetrics
 from edge.model_store import ModelStore
 from edge.outbox import Outbox, OutboxFull
-from wafercore.errors import WaferMapError
-from wafercore.preprocessing import MAX_SIDE, to_grid, to_tokens, validate_map
+from wafercore.errors import InvalidInput
+from wafercore.preprocessing import to_grid, to_tokens, validate_map
 from wafercore.readers.g85 import read_g85
+from wafercore.validation import MAX_SIDE
 from waferplatform.v1 import common_pb2  # type: ignore[import-not-found]
 
 log = logging.getLogger(__name__)
@@ -138,14 +139,14 @@ class ClassifyService:
         """Classify 1 to ``max_batch`` wafers; their results are durable when this returns.
 
         Raises:
-            WaferMapError: no wafers, too many, or a bad id or map (``field`` names it); nothing
+            InvalidInput: no wafers, too many, or a bad id or map (``field`` names it); nothing
                 was classified or stored.
             OutboxFull: the outbox is at its cap; nothing was stored.
         """
         if not wafers:
-            raise WaferMapError("wafers", f"is empty; send 1 to {self._max_batch} wafers")
+            raise InvalidInput("wafers", f"is empty; send 1 to {self._max_batch} wafers")
         if len(wafers) > self._max_batch:
-            raise WaferMapError(
+            raise InvalidInput(
                 "wafers", f"has {len(wafers)} wafers; at most {self._max_batch} per call"
             )
         started = time.perf_counter()
@@ -157,7 +158,7 @@ class ClassifyService:
         """Classify every map of a SEMI G85 document (ids from ``WaferId`` and ``LotId``).
 
         Raises:
-            WaferMapError: not a valid G85 document (``field`` names the part), a map without
+            InvalidInput: not a valid G85 document (``field`` names the part), a map without
                 ids, or more than ``max_batch`` maps.
             OutboxFull: the outbox is at its cap; nothing was stored.
         """
@@ -167,7 +168,7 @@ class ClassifyService:
             for name, value in (("WaferId", parsed.wafer_id), ("Device.LotId", parsed.lot_id)):
                 problem = id_problem(value)
                 if problem is not None:
-                    raise WaferMapError(f"Map[{i}].{name}", problem)
+                    raise InvalidInput(f"Map[{i}].{name}", problem)
             wafers.append(
                 WaferInput(parsed.wafer_id, parsed.lot_id, parsed.map, field=f"Map[{i}].Data")
             )
@@ -241,7 +242,7 @@ def _canonical(wafer: WaferInput) -> npt.NDArray[np.uint8]:
         problem = id_problem(value)
         if problem is not None:
             prefix = wafer.field.rpartition(".")[0]
-            raise WaferMapError(f"{prefix}.{name}" if prefix else name, problem)
+            raise InvalidInput(f"{prefix}.{name}" if prefix else name, problem)
     return validate_map(_fast_array(wafer.wafer_map), field=wafer.field, wm811k=wafer.wm811k)
 
 

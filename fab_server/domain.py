@@ -77,6 +77,7 @@ class Result:
     novelty: float | None = None
     wafer_map: StoredMap | None = None
     received_at: datetime | None = None
+    tested_at: datetime | None = None  # the station's time of the test, when it said
 
 
 @dataclass(frozen=True)
@@ -299,3 +300,35 @@ class ClassifyOutcome:
     wafer_id: str
     result: Result | None = None
     error: str = ""
+
+
+@dataclass(frozen=True)
+class ResultConflict:
+    """A result refused because its (node_id, sequence) is stored with other content."""
+
+    id: int
+    node_id: str
+    sequence: int
+    wafer_id: str
+    stored_wafer_id: str
+    differences: tuple[str, ...]  # the fields that differ (wafer_id, prediction, ...)
+    incoming: dict[str, object]  # the refused result, as JSON
+    received_at: datetime
+
+
+class CredentialKind(enum.StrEnum):
+    """How an edge node proves who it is."""
+
+    TOKEN = "token"
+    CERTIFICATE = "certificate"
+
+
+@dataclass(frozen=True)
+class NodeCredential:
+    """A credential issued to an edge node (its secret is never stored)."""
+
+    id: int
+    node_id: str
+    kind: CredentialKind
+    created_at: datetime
+    revoked_at: datetime | None = None

@@ -113,6 +113,8 @@ class ResultRow(Base):
     die_yield: Mapped[float | None] = mapped_column(Float, nullable=True)
     classified_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The station's own time of the test; None when it did not say (older nodes, G85 files).
+    tested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     def to_domain(self, wafer_map: domain.StoredMap | None = None) -> domain.Result:
         return domain.Result(
@@ -132,6 +134,7 @@ class ResultRow(Base):
             novelty=self.novelty,
             wafer_map=wafer_map,
             received_at=utc(self.received_at),
+            tested_at=utc(self.tested_at),
         )
 
 
@@ -381,4 +384,62 @@ class ModelAssignmentRow(Base):
             stage=self.stage,
             rollback=self.rollback,
             updated_at=utc(self.updated_at),
+        )
+
+
+class ResultConflictRow(Base):
+    """A result whose (node_id, sequence) was already stored with different content.
+
+    Never applied to ``results``: kept, with the stored version's id, for an engineer to
+    inspect (a node that reused sequences after losing its outbox, or a forged sender).
+    """
+
+    __tablename__ = "result_conflicts"
+    __table_args__ = (Index("ix_result_conflicts_node_id_sequence", "node_id", "sequence"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    node_id: Mapped[str] = mapped_column(String(128))
+    sequence: Mapped[int] = mapped_column(BigInteger)
+    wafer_id: Mapped[str] = mapped_column(String(128))
+    stored_wafer_id: Mapped[str] = mapped_column(String(128))
+    differences: Mapped[list[str]] = mapped_column(JSON)
+    incoming: Mapped[dict[str, object]] = mapped_column(JSON)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    def to_domain(self) -> domain.ResultConflict:
+        return domain.ResultConflict(
+            id=self.id,
+            node_id=self.node_id,
+            sequence=self.sequence,
+            wafer_id=self.wafer_id,
+            stored_wafer_id=self.stored_wafer_id,
+            differences=tuple(self.differences),
+            incoming=dict(self.incoming),
+            received_at=_utc(self.received_at),
+        )
+
+
+class NodeCredentialRow(Base):
+    """A credential the fab issued to an edge node: a token's or a certificate's SHA-256.
+
+    Only digests are stored: a copy of the database does not let anyone act as a node.
+    """
+
+    __tablename__ = "node_credentials"
+    __table_args__ = (Index("ix_node_credentials_node_id", "node_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    node_id: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16))  # "token" or "certificate"
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    def to_domain(self) -> domain.NodeCredential:
+        return domain.NodeCredential(
+            id=self.id,
+            node_id=self.node_id,
+            kind=domain.CredentialKind(self.kind),
+            created_at=_utc(self.created_at),
+            revoked_at=utc(self.revoked_at),
         )

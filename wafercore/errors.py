@@ -1,10 +1,10 @@
-"""The one error type wafercore raises for bad wafer map input."""
+"""The one error type wafercore raises for bad input from outside (ids, times, maps, files)."""
 
 from __future__ import annotations
 
 
-class WaferMapError(ValueError):
-    """A wafer map that cannot be used, with the field at fault and the reason.
+class InvalidInput(ValueError):
+    """An input that cannot be used, with the field at fault and the reason.
 
     Transports turn it into HTTP 422 or gRPC INVALID_ARGUMENT with ``field`` and ``reason``.
 

@@ -16,10 +16,8 @@ import numpy.typing as npt
 
 from wafercore.dataset import WaferDataset
 from wafercore.encoding import GRID, from_wm811k
-from wafercore.errors import WaferMapError
-
-MAX_SIDE = 512
-"""Largest accepted number of rows or columns."""
+from wafercore.errors import InvalidInput
+from wafercore.validation import MAX_SIDE
 
 
 def validate_map(
@@ -37,35 +35,35 @@ def validate_map(
         The map as a (rows, cols) uint8 array in the canonical encoding.
 
     Raises:
-        WaferMapError: empty, ragged, not 2-D, larger than 512 per side, non-integral or NaN
+        InvalidInput: empty, ragged, not 2-D, larger than 512 per side, non-integral or NaN
             values, or values outside {0, 1, 2}.
     """
     arr = wafer_map if isinstance(wafer_map, np.ndarray) else _from_rows(wafer_map, field)
     if arr.ndim != 2:
-        raise WaferMapError(field, f"must be a 2-D grid of rows, got {arr.ndim} dimension(s)")
+        raise InvalidInput(field, f"must be a 2-D grid of rows, got {arr.ndim} dimension(s)")
     rows, cols = arr.shape
     if rows == 0 or cols == 0:
-        raise WaferMapError(field, "is empty: it needs at least one row and one column")
+        raise InvalidInput(field, "is empty: it needs at least one row and one column")
     if rows > MAX_SIDE or cols > MAX_SIDE:
-        raise WaferMapError(
+        raise InvalidInput(
             field, f"is {rows}x{cols}; at most {MAX_SIDE} rows and {MAX_SIDE} columns are accepted"
         )
     if arr.dtype.kind == "f":
         nan = np.isnan(arr)
         if nan.any():
-            raise WaferMapError(_cell(field, nan), "is NaN; every die needs a value 0, 1 or 2")
+            raise InvalidInput(_cell(field, nan), "is NaN; every die needs a value 0, 1 or 2")
         fractional = arr != np.round(arr)
         if fractional.any():
-            raise WaferMapError(
+            raise InvalidInput(
                 _cell(field, fractional), "is not an integer; allowed values are 0, 1, 2"
             )
     elif arr.dtype.kind not in "iub":
-        raise WaferMapError(field, f"values must be integers 0, 1 or 2, got {arr.dtype}")
+        raise InvalidInput(field, f"values must be integers 0, 1 or 2, got {arr.dtype}")
     outside = (arr < 0) | (arr > 2)
     if outside.any():
         bad = arr[outside].flat[0].item()
         encoding = "0 no die, 1 pass, 2 fail" if wm811k else "0 pass, 1 fail, 2 out of wafer"
-        raise WaferMapError(_cell(field, outside), f"is {bad:g}; allowed values are {encoding}")
+        raise InvalidInput(_cell(field, outside), f"is {bad:g}; allowed values are {encoding}")
     out = arr.astype(np.uint8)
     return from_wm811k(out) if wm811k else out
 
@@ -78,31 +76,31 @@ def _cell(field: str, mask: npt.NDArray[np.bool_]) -> str:
 
 def _from_rows(rows: Any, field: str) -> npt.NDArray[Any]:
     if not isinstance(rows, Sequence) or isinstance(rows, str | bytes):
-        raise WaferMapError(field, "must be a list of rows")
+        raise InvalidInput(field, "must be a list of rows")
     if len(rows) == 0:
-        raise WaferMapError(field, "is empty: it needs at least one row and one column")
+        raise InvalidInput(field, "is empty: it needs at least one row and one column")
     if len(rows) > MAX_SIDE:
-        raise WaferMapError(field, f"has {len(rows)} rows; at most {MAX_SIDE} are accepted")
+        raise InvalidInput(field, f"has {len(rows)} rows; at most {MAX_SIDE} are accepted")
     width = None
     for i, row in enumerate(rows):
         if not isinstance(row, Sequence) or isinstance(row, str | bytes):
-            raise WaferMapError(f"{field}[{i}]", "must be a list of die values")
+            raise InvalidInput(f"{field}[{i}]", "must be a list of die values")
         if width is None:
             width = len(row)
         elif len(row) != width:
-            raise WaferMapError(
+            raise InvalidInput(
                 f"{field}[{i}]", f"has {len(row)} values but row 0 has {width}: rows are ragged"
             )
         for j, v in enumerate(row):
             # bool is an int subclass; a JSON true/false is not a die value.
             if isinstance(v, bool) or not isinstance(v, int | float):
-                raise WaferMapError(f"{field}[{i}][{j}]", f"{v!r} is not a die value 0, 1 or 2")
+                raise InvalidInput(f"{field}[{i}][{j}]", f"{v!r} is not a die value 0, 1 or 2")
             if isinstance(v, float) and math.isnan(v):
-                raise WaferMapError(f"{field}[{i}][{j}]", "is NaN; allowed values are 0, 1, 2")
+                raise InvalidInput(f"{field}[{i}][{j}]", "is NaN; allowed values are 0, 1, 2")
     try:
         return np.asarray(rows, dtype=np.float64 if _has_float(rows) else np.int64)
     except OverflowError:
-        raise WaferMapError(
+        raise InvalidInput(
             field, "contains an integer too large; allowed values are 0, 1, 2"
         ) from None
 

@@ -24,7 +24,7 @@ from fab_server.services import review
 from fab_server.settings import FabSettings
 from wafercore.classes import NUM_CLASSES
 from wafercore.encoding import from_wm811k
-from wafercore.preprocessing import MAX_SIDE
+from wafercore.validation import MAX_SIDE
 
 MAX_ID_CHARS = 128
 """Longest node, wafer or lot id (the columns' width)."""

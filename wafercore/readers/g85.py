@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from wafercore.encoding import FAIL, OUT, PASS
-from wafercore.errors import WaferMapError
+from wafercore.errors import InvalidInput
 
 FORMAT_REVISION = "SEMI G85 0703"
 """``FormatRevision`` written on every map."""
@@ -70,9 +70,9 @@ class G85Map:
     def __post_init__(self) -> None:
         arr = np.asarray(self.map)
         if arr.ndim != 2 or arr.size == 0:
-            raise WaferMapError("map", f"must be a non-empty 2-D array, got shape {arr.shape}")
+            raise InvalidInput("map", f"must be a non-empty 2-D array, got shape {arr.shape}")
         if not np.issubdtype(arr.dtype, np.integer) or arr.min() < 0 or arr.max() > OUT:
-            raise WaferMapError("map", "values must be 0 (pass), 1 (fail) or 2 (out of wafer)")
+            raise InvalidInput("map", "values must be 0 (pass), 1 (fail) or 2 (out of wafer)")
         # Copy and freeze: a frozen dataclass whose array could be edited in place is not.
         frozen = arr.astype(np.uint8, copy=True)
         frozen.flags.writeable = False
@@ -103,7 +103,7 @@ def read_g85(source: str | bytes | os.PathLike[str]) -> list[G85Map]:
         The maps in document order.
 
     Raises:
-        WaferMapError: the document is not well-formed XML, has a DOCTYPE, or is not a valid
+        InvalidInput: the document is not well-formed XML, has a DOCTYPE, or is not a valid
             G85 map; ``field`` names the offending part (``Map[0].Device.Data.Row[3]``).
         OSError: the file cannot be read.
     """
@@ -115,9 +115,9 @@ def read_g85(source: str | bytes | os.PathLike[str]) -> list[G85Map]:
     elif kind == "Maps":
         elements = _children(root, "Map")
     else:
-        raise WaferMapError("Maps", f"root element is <{kind}>, expected <Maps> or one <Map>")
+        raise InvalidInput("Maps", f"root element is <{kind}>, expected <Maps> or one <Map>")
     if not elements:
-        raise WaferMapError("Maps", "contains no <Map>")
+        raise InvalidInput("Maps", "contains no <Map>")
     return [_read_map(el, f"Map[{i}]") for i, el in enumerate(elements)]
 
 
@@ -146,14 +146,14 @@ def write_g85(
         The XML document.
 
     Raises:
-        WaferMapError: an id holds characters XML cannot carry, or the codes are not distinct
+        InvalidInput: an id holds characters XML cannot carry, or the codes are not distinct
             and within the bin type's range.
     """
     if bin_type not in _WRITE_RANGE:
-        raise WaferMapError("bin_type", f"must be one of {sorted(_WRITE_RANGE)}, got {bin_type!r}")
+        raise InvalidInput("bin_type", f"must be one of {sorted(_WRITE_RANGE)}, got {bin_type!r}")
     codes = (pass_bin, fail_bin, null_bin)
     if len(set(codes)) != 3 or not all(0 <= c <= _WRITE_RANGE[bin_type] for c in codes):
-        raise WaferMapError(
+        raise InvalidInput(
             "bins", f"pass, fail and null codes must be distinct, 0..{_WRITE_RANGE[bin_type]}"
         )
     width = 2 if bin_type == "HexaDecimal" else len(str(max(codes)))
@@ -167,7 +167,7 @@ def write_g85(
         for name in ("wafer_id", "lot_id", "product_id"):
             text = getattr(wafer, name)
             if not isinstance(text, str) or _NOT_XML.search(text):
-                raise WaferMapError(f"maps[{i}].{name}", "must be text XML can carry")
+                raise InvalidInput(f"maps[{i}].{name}", "must be text XML can carry")
         rows, cols = wafer.map.shape
         counts = np.bincount(wafer.map.ravel(), minlength=3)
         out.append(
@@ -196,13 +196,13 @@ def _read_map(el: ElementTree.Element, where: str) -> G85Map:
     devices = _children(el, "Device")
     if len(devices) != 1:
         reason = "missing" if not devices else f"{len(devices)} <Device> elements, expected one"
-        raise WaferMapError(f"{where}.Device", reason)
+        raise InvalidInput(f"{where}.Device", reason)
     device, where = devices[0], f"{where}.Device"
     rows = _positive_int(device, "Rows", where)
     cols = _positive_int(device, "Columns", where)
     bin_type = (device.get("BinType") or "").lower()
     if bin_type not in {t.lower() for t in BIN_TYPES}:
-        raise WaferMapError(
+        raise InvalidInput(
             f"{where}.BinType",
             f"must be one of {', '.join(BIN_TYPES)}, got {device.get('BinType')!r}",
         )
@@ -211,7 +211,7 @@ def _read_map(el: ElementTree.Element, where: str) -> G85Map:
         try:
             return _code_key(code, bin_type)
         except ValueError:
-            raise WaferMapError(at, f"{code!r} is not a {device.get('BinType')} bin code") from None
+            raise InvalidInput(at, f"{code!r} is not a {device.get('BinType')} bin code") from None
 
     bins: dict[str, str] = {}
     value_of: dict[int | str, int] = {}
@@ -219,12 +219,12 @@ def _read_map(el: ElementTree.Element, where: str) -> G85Map:
         at = f"{where}.Bin[{j}].BinCode"
         code = bin_el.get("BinCode")
         if code is None:
-            raise WaferMapError(at, "missing")
+            raise InvalidInput(at, "missing")
         code = code.strip()
         quality = bin_el.get("BinQuality", "")
         k = key(code, at)
         if k in value_of:
-            raise WaferMapError(at, f"bin code {code!r} is listed twice")
+            raise InvalidInput(at, f"bin code {code!r} is listed twice")
         bins[code] = quality
         value_of[k] = PASS if quality.strip().lower() == "pass" else FAIL
     null = device.get("NullBin")
@@ -253,10 +253,10 @@ def _read_rows(
 ) -> npt.NDArray[np.uint8]:
     data = _children(device, "Data")
     if not data:
-        raise WaferMapError(f"{where}.Data", "missing")
+        raise InvalidInput(f"{where}.Data", "missing")
     row_elements = _children(data[0], "Row")
     if len(row_elements) != rows:
-        raise WaferMapError(
+        raise InvalidInput(
             f"{where}.Data", f"has {len(row_elements)} <Row> elements but Rows is {rows}"
         )
     grid = np.empty((rows, cols), dtype=np.uint8)
@@ -266,13 +266,13 @@ def _read_rows(
         at = f"{where}.Data.Row[{r}]"
         tokens = _split_row(row_el.text or "", cols, bin_type)
         if len(tokens) != cols:
-            raise WaferMapError(at, f"has {len(tokens)} bin codes but Columns is {cols}")
+            raise InvalidInput(at, f"has {len(tokens)} bin codes but Columns is {cols}")
         for c, token in enumerate(tokens):
             value = resolved.get(token)
             if value is None:
                 value = value_of.get(key(token, at))
                 if value is None:
-                    raise WaferMapError(at, f"unknown bin code {token!r}: no <Bin> and not NullBin")
+                    raise InvalidInput(at, f"unknown bin code {token!r}: no <Bin> and not NullBin")
                 resolved[token] = value
             grid[r, c] = value
     return grid
@@ -299,9 +299,9 @@ def _positive_int(el: ElementTree.Element, name: str, where: str) -> int:
     try:
         value = int(raw or "")
     except ValueError:
-        raise WaferMapError(f"{where}.{name}", f"must be a positive integer, got {raw!r}") from None
+        raise InvalidInput(f"{where}.{name}", f"must be a positive integer, got {raw!r}") from None
     if value < 1:
-        raise WaferMapError(f"{where}.{name}", f"must be a positive integer, got {raw!r}")
+        raise InvalidInput(f"{where}.{name}", f"must be a positive integer, got {raw!r}")
     return value
 
 
@@ -329,7 +329,7 @@ def _parse(data: str | bytes) -> ElementTree.Element:
         builder.end(clark(tag))
 
     def refuse(*_: Any) -> NoReturn:
-        raise WaferMapError("xml", "DOCTYPE and entity declarations are not accepted")
+        raise InvalidInput("xml", "DOCTYPE and entity declarations are not accepted")
 
     parser.buffer_text = True
     parser.StartElementHandler = start
@@ -344,5 +344,5 @@ def _parse(data: str | bytes) -> ElementTree.Element:
         hint = ""
         if isinstance(data, str) and not data.lstrip().startswith("<"):
             hint = " (a str is the document itself: pass a pathlib.Path to read a file)"
-        raise WaferMapError("xml", f"not well-formed: {exc}{hint}") from None
+        raise InvalidInput("xml", f"not well-formed: {exc}{hint}") from None
     return builder.close()

@@ -28,6 +28,15 @@ if _version_not_supported:
 class FabServiceStub:
     """The fab server: collects results, runs the review queue, aggregates metrics and distributes
     models to the edge nodes of its fab.
+
+    Every call is authenticated; the caller acts only as itself. An edge node is identified by its
+    client certificate (mutual TLS; the common name is the node id) or by the node token its fab
+    issued (`wafer-fab nodes add`), sent as call metadata "authorization: Bearer <token>". A person
+    or tool sends an API token the same way. A call without valid credentials fails with
+    UNAUTHENTICATED; a node_id in a request that is not the caller's, or a method the caller's
+    kind may not use, fails with PERMISSION_DENIED. Nodes call StreamResults, PushMetrics,
+    GetModelAssignment, DownloadModel, ClassifyBatch and FlagForReview (for their own results);
+    people call GetLotSummary, FlagForReview and ClassifyBatch.
     """
 
     def __init__(self, channel):
@@ -76,6 +85,15 @@ class FabServiceStub:
 class FabServiceServicer:
     """The fab server: collects results, runs the review queue, aggregates metrics and distributes
     models to the edge nodes of its fab.
+
+    Every call is authenticated; the caller acts only as itself. An edge node is identified by its
+    client certificate (mutual TLS; the common name is the node id) or by the node token its fab
+    issued (`wafer-fab nodes add`), sent as call metadata "authorization: Bearer <token>". A person
+    or tool sends an API token the same way. A call without valid credentials fails with
+    UNAUTHENTICATED; a node_id in a request that is not the caller's, or a method the caller's
+    kind may not use, fails with PERMISSION_DENIED. Nodes call StreamResults, PushMetrics,
+    GetModelAssignment, DownloadModel, ClassifyBatch and FlagForReview (for their own results);
+    people call GetLotSummary, FlagForReview and ClassifyBatch.
     """
 
     def StreamResults(self, request_iterator, context):
@@ -180,6 +198,15 @@ def add_FabServiceServicer_to_server(servicer, server):
 class FabService:
     """The fab server: collects results, runs the review queue, aggregates metrics and distributes
     models to the edge nodes of its fab.
+
+    Every call is authenticated; the caller acts only as itself. An edge node is identified by its
+    client certificate (mutual TLS; the common name is the node id) or by the node token its fab
+    issued (`wafer-fab nodes add`), sent as call metadata "authorization: Bearer <token>". A person
+    or tool sends an API token the same way. A call without valid credentials fails with
+    UNAUTHENTICATED; a node_id in a request that is not the caller's, or a method the caller's
+    kind may not use, fails with PERMISSION_DENIED. Nodes call StreamResults, PushMetrics,
+    GetModelAssignment, DownloadModel, ClassifyBatch and FlagForReview (for their own results);
+    people call GetLotSummary, FlagForReview and ClassifyBatch.
     """
 
     @staticmethod

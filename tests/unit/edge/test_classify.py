@@ -21,7 +21,7 @@ from edge.classify import ClassifyService, WaferInput, _canonical
 from edge.metrics import EdgeMetrics
 from edge.model_store import ModelStore
 from edge.outbox import Outbox, OutboxFull
-from wafercore.errors import WaferMapError
+from wafercore.errors import InvalidInput
 from wafercore.preprocessing import validate_map
 from wafercore.runtime import MANIFEST_FILE, ModelManifest, ModelRuntime, RuntimeResult
 from waferplatform.v1 import common_pb2
@@ -133,12 +133,12 @@ async def test_results_carry_outbox_sequences_and_are_observed(parts: Parts) -> 
 
 @pytest.mark.asyncio
 async def test_call_limits_and_bad_ids_are_refused_before_inference(parts: Parts) -> None:
-    with pytest.raises(WaferMapError, match="wafers: is empty"):
+    with pytest.raises(InvalidInput, match="wafers: is empty"):
         await parts.service.classify([])
-    with pytest.raises(WaferMapError, match="at most 4"):
+    with pytest.raises(InvalidInput, match="at most 4"):
         await parts.service.classify([WAFER] * 5)
     batch = [WAFER, dataclasses.replace(WAFER, lot_id="\t", field="wafers[1].wafer_map")]
-    with pytest.raises(WaferMapError) as err:
+    with pytest.raises(InvalidInput) as err:
         await parts.service.classify(batch)
     assert err.value.field == "wafers[1].lot_id"
     assert parts.outbox.depth() == 0
@@ -150,7 +150,7 @@ async def test_g85_maps_without_ids_are_refused(parts: Parts) -> None:
         '<Maps><Map WaferId=" "><Device Rows="1" Columns="2" BinType="Decimal" LotId="L">'
         '<Bin BinCode="1" BinQuality="Pass"/><Data><Row>1 1</Row></Data></Device></Map></Maps>'
     )
-    with pytest.raises(WaferMapError) as err:
+    with pytest.raises(InvalidInput) as err:
         await parts.service.classify_g85(document.encode())
     assert (err.value.field, err.value.reason) == ("Map[0].WaferId", "must not be blank")
 
@@ -187,7 +187,7 @@ MAYBE_MAPS = st.one_of(
 def _outcome(call: Any) -> tuple[str, Any]:
     try:
         return "ok", call().tobytes()
-    except WaferMapError as exc:
+    except InvalidInput as exc:
         return "error", (exc.field, exc.reason)
 
 

@@ -64,6 +64,7 @@ def test_classification_field_numbers_are_stable() -> None:
         "classified_at": 13,
         "wafer_map": 14,
         "review_reason": 15,
+        "tested_at": 16,
     }
 
 

@@ -8,15 +8,15 @@ from hypothesis.extra import numpy as hnp
 
 from wafercore.dataset import WaferDataset
 from wafercore.encoding import GRID, OUT, TOKENS
-from wafercore.errors import WaferMapError
+from wafercore.errors import InvalidInput
 from wafercore.preprocessing import (
-    MAX_SIDE,
     dataset_to_grids,
     preprocess,
     to_grid,
     to_tokens,
     validate_map,
 )
+from wafercore.validation import MAX_SIDE
 
 canonical_maps = hnp.arrays(
     np.uint8,
@@ -85,21 +85,21 @@ def test_wm811k_encoding_is_converted_when_asked() -> None:
 def test_bad_maps_raise_one_typed_error_naming_field_and_reason(
     bad: object, field: str, reason: str
 ) -> None:
-    with pytest.raises(WaferMapError, match=reason) as err:
+    with pytest.raises(InvalidInput, match=reason) as err:
         validate_map(bad)
     assert err.value.field == field
     assert reason in err.value.reason
 
 
 def test_bad_arrays_are_rejected_too() -> None:
-    with pytest.raises(WaferMapError, match="2-D"):
+    with pytest.raises(InvalidInput, match="2-D"):
         validate_map(np.zeros((2, 2, 2)))
-    with pytest.raises(WaferMapError, match="NaN") as err:
+    with pytest.raises(InvalidInput, match="NaN") as err:
         validate_map(np.array([[0.0, np.nan]]))
     assert err.value.field == "wafer_map[0][1]"
-    with pytest.raises(WaferMapError, match="no die, 1 pass"):
+    with pytest.raises(InvalidInput, match="no die, 1 pass"):
         validate_map(np.array([[4]]), wm811k=True)
-    with pytest.raises(WaferMapError, match="integers"):
+    with pytest.raises(InvalidInput, match="integers"):
         validate_map(np.array([["a"]]))
     assert validate_map(np.array([[0.0, 2.0]])).dtype == np.uint8
 
@@ -118,7 +118,7 @@ json_values = st.recursive(
 def test_arbitrary_json_never_raises_anything_but_wafer_map_error(value: object) -> None:
     try:
         tokens = preprocess(value)
-    except WaferMapError as err:
+    except InvalidInput as err:
         assert err.field.startswith("wafer_map")
         assert err.reason
     else:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from wafercore.encoding import FAIL, OUT, PASS
-from wafercore.errors import WaferMapError
+from wafercore.errors import InvalidInput
 from wafercore.readers.g85 import G85Map, read_g85, write_g85
 
 # A foreign file as a prober might send it: default SEMI namespace, hexadecimal bins with some
@@ -168,7 +168,7 @@ def test_the_helper_document_is_valid() -> None:
     ],
 )
 def test_malformed_input_names_the_field(doc: str, field: str) -> None:
-    with pytest.raises(WaferMapError) as info:
+    with pytest.raises(InvalidInput) as info:
         read_g85(doc)
     assert info.value.field == field
     assert info.value.reason
@@ -178,7 +178,7 @@ def test_bin_listed_twice_is_rejected() -> None:
     doc = _device().replace(
         '<Bin BinCode="2"', '<Bin BinCode="001" BinQuality="Fail"/><Bin BinCode="2"'
     )
-    with pytest.raises(WaferMapError) as info:
+    with pytest.raises(InvalidInput) as info:
         read_g85(doc)
     assert info.value.field == "Map[0].Device.Bin[1].BinCode"
 
@@ -201,13 +201,13 @@ EXTERNAL_ENTITY = """<?xml version="1.0"?>
 
 @pytest.mark.parametrize("doc", [BILLION_LAUGHS, EXTERNAL_ENTITY, "<!DOCTYPE Maps><Maps/>"])
 def test_doctype_and_entities_are_refused(doc: str) -> None:
-    with pytest.raises(WaferMapError, match="DOCTYPE") as info:
+    with pytest.raises(InvalidInput, match="DOCTYPE") as info:
         read_g85(doc)
     assert info.value.field == "xml"
 
 
 def test_undeclared_entity_is_not_well_formed() -> None:
-    with pytest.raises(WaferMapError) as info:
+    with pytest.raises(InvalidInput) as info:
         read_g85('<Maps><Map WaferId="&x;"/></Maps>')
     assert info.value.field == "xml"
 
@@ -271,7 +271,7 @@ def test_round_trip_of_generated_maps(
 
 
 def test_write_rejects_text_xml_cannot_carry() -> None:
-    with pytest.raises(WaferMapError) as info:
+    with pytest.raises(InvalidInput) as info:
         write_g85([_wafer([[PASS]], wafer_id="bad\x00id")])
     assert info.value.field == "maps[0].wafer_id"
 
@@ -286,7 +286,7 @@ def test_write_rejects_text_xml_cannot_carry() -> None:
     ],
 )
 def test_write_rejects_unusable_bin_settings(kwargs: dict[str, object]) -> None:
-    with pytest.raises(WaferMapError):
+    with pytest.raises(InvalidInput):
         write_g85([_wafer([[PASS]])], **kwargs)  # type: ignore[arg-type]
 
 
@@ -296,7 +296,7 @@ def test_g85map_is_frozen_and_validates_its_map() -> None:
         wafer.wafer_id = "other"  # type: ignore[misc]
     with pytest.raises(ValueError, match="read-only"):
         wafer.map[0, 0] = FAIL
-    with pytest.raises(WaferMapError):
+    with pytest.raises(InvalidInput):
         _wafer([[0, 3]])
-    with pytest.raises(WaferMapError):
+    with pytest.raises(InvalidInput):
         G85Map(wafer_id="w", lot_id="", product_id="", map=np.zeros(4, np.uint8))
