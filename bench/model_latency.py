@@ -18,6 +18,7 @@ import numpy as np
 from wafercore.preprocessing import dataset_to_grids
 from wafercore.readers.npz import read_npz
 from wafercore.runtime import ModelRuntime
+from wafercore.shipped import shipped_model_dir
 
 
 def _latencies(runtime: ModelRuntime, tokens: np.ndarray, threshold: float | None) -> np.ndarray:
@@ -32,7 +33,7 @@ def _latencies(runtime: ModelRuntime, tokens: np.ndarray, threshold: float | Non
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     data_dir = os.environ.get("WAFER_DATA_DIR", "../shared/data/wm811k")
-    parser.add_argument("--model", type=Path, default=Path("models/trm-v1.1.0"))
+    parser.add_argument("--model", type=Path, default=shipped_model_dir())
     parser.add_argument("--data", type=Path, default=Path(data_dir) / "sample_stratified.npz")
     parser.add_argument("--n", type=int, default=500, help="wafers timed one at a time")
     args = parser.parse_args()

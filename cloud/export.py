@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from cloud.models.trm import ExportableStep, TinyRecursiveModel
 from wafercore.classes import CLASS_NAMES
 from wafercore.encoding import OUT, TOKENS
+from wafercore.review import DEFAULT_REVIEW_THRESHOLD
 from wafercore.runtime import (
     MANIFEST_FILE,
     MODEL_FILE,
@@ -87,7 +88,7 @@ def write_model_dir(
     state_shape: tuple[int, int] | None = None,
     halt_threshold: float = 0.5,
     temperature: float = 1.0,
-    review_threshold: float = 0.6,
+    review_threshold: float = DEFAULT_REVIEW_THRESHOLD,
     extra: Mapping[str, Any] | None = None,
 ) -> ModelManifest:
     """Make ``out_dir`` a model directory: ``model.onnx`` (copied from ``onnx_path`` unless it
@@ -127,7 +128,7 @@ def export_trm_dir(
     version: str,
     halt_threshold: float = 0.5,
     temperature: float = 1.0,
-    review_threshold: float = 0.6,
+    review_threshold: float = DEFAULT_REVIEW_THRESHOLD,
     extra: Mapping[str, Any] | None = None,
 ) -> ModelManifest:
     """Export a TRM into a model directory; the architecture goes into ``extra``."""
@@ -157,7 +158,7 @@ def export_classifier_dir(
     *,
     version: str,
     temperature: float = 1.0,
-    review_threshold: float = 0.6,
+    review_threshold: float = DEFAULT_REVIEW_THRESHOLD,
     extra: Mapping[str, Any] | None = None,
 ) -> ModelManifest:
     """Export a single-pass classifier into a model directory (kind ``cnn``)."""

@@ -9,8 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from wafercore.review import DEFAULT_REVIEW_THRESHOLD
+from wafercore.shipped import shipped_model_dir
 
 
 def parse_address(value: str) -> tuple[str, int]:
@@ -49,20 +52,41 @@ class EdgeSettings(BaseSettings):
     tls_ca: Path | None = Field(default=None, description="CA that signs the fab's certificate.")
     tls_cert: Path | None = Field(default=None, description="This node's client certificate.")
     tls_key: Path | None = Field(default=None, description="This node's client private key.")
+    node_token: SecretStr | None = Field(
+        default=None,
+        description="The credential its fab issued to this node (`wafer-fab nodes add`), sent "
+        "on every gRPC call; not needed when the node has a client certificate (mTLS).",
+    )
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8000, ge=0, le=65535, description="0: any free port.")
     work_dir: Path = Field(
         default=Path("var/edge"), description="Outbox and installed models live here."
     )
     default_model_dir: Path = Field(
-        default=Path("models/trm-v1.1.0"),
-        description="Model served until an OTA update installs another.",
+        default_factory=shipped_model_dir,
+        description="Model served until an OTA update installs another (default: the shipped "
+        "default model, found from the installed package).",
     )
     runtime_threads: int = Field(default=1, ge=1, le=64, description="ONNX Runtime threads.")
     review_threshold: float = Field(
-        default=0.6, ge=0, le=1, description="Results below this confidence are flagged."
+        default=DEFAULT_REVIEW_THRESHOLD,
+        ge=0,
+        le=1,
+        description="Results below this confidence are flagged.",
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body.")
+    http_header_timeout_s: float = Field(
+        default=10.0, gt=0, description="A request's headers must arrive within this long."
+    )
+    http_body_timeout_s: float = Field(
+        default=30.0, gt=0, description="A request's body must arrive within this long."
+    )
+    idempotency_retention_s: float = Field(
+        default=7 * 24 * 3600.0,
+        gt=0,
+        description="How long a station's request (wafer, timestamp) is remembered, so that a "
+        "retry returns the stored answer instead of storing a second result.",
+    )
     outbox_max_bytes: int = Field(
         default=1 << 30, ge=1 << 16, description="Disk the outbox may use before refusing work."
     )

@@ -8,6 +8,9 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from wafercore.review import DEFAULT_REVIEW_THRESHOLD
+from wafercore.shipped import shipped_model_dir
+
 Role = Literal["engineer", "admin"]
 
 
@@ -55,11 +58,14 @@ class FabSettings(BaseSettings):
     grpc_port: int = Field(default=50051, ge=0, le=65535)
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
-    model_dir: Path = Path("models/trm-v1.1.0")
+    model_dir: Path = Field(
+        default_factory=shipped_model_dir,
+        description="Model of ClassifyBatch (default: the shipped default model).",
+    )
     artifact_dir: Path = Field(
         default=Path("var/fab/artifacts"), description="Where signed model artifacts are kept."
     )
-    review_confidence_threshold: float = Field(default=0.6, ge=0, le=1)
+    review_confidence_threshold: float = Field(default=DEFAULT_REVIEW_THRESHOLD, ge=0, le=1)
     review_novelty_threshold: float = Field(default=0.5, ge=0)
     review_lease_seconds: float = Field(default=900.0, gt=0)
     classify_max_batch: int = Field(default=1024, ge=1)
@@ -74,4 +80,18 @@ class FabSettings(BaseSettings):
     tls_key: Path | None = Field(default=None, description="Server private key (PEM).")
     tls_client_ca: Path | None = Field(
         default=None, description="CA that signs edge client certificates; set: mTLS required."
+    )
+    grpc_allow_unauthenticated: bool = Field(
+        default=False,
+        description="Accept gRPC calls without credentials, trusting the node_id they claim. "
+        "Only for a one-machine demo: anyone who reaches the port can write as any node.",
+    )
+    http_max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest HTTP request body."
+    )
+    http_header_timeout_s: float = Field(
+        default=10.0, gt=0, description="A request's headers must arrive within this long."
+    )
+    http_body_timeout_s: float = Field(
+        default=30.0, gt=0, description="A request's body must arrive within this long."
     )

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from wafercore.shipped import shipped_model_dir
+
 
 class PlatformSettings(BaseSettings):
     """What ``wafer-platform`` needs to run every tier on one machine.
@@ -25,5 +27,5 @@ class PlatformSettings(BaseSettings):
         description="Where the embedded defaults keep their files (SQLite databases, outboxes).",
     )
     model_dir: Path = Field(
-        default=Path("models/trm-v1.1.0"), description="The default model the demo serves."
+        default_factory=shipped_model_dir, description="The default model the demo serves."
     )

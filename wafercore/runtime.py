@@ -21,6 +21,7 @@ import onnxruntime as ort  # type: ignore[import-untyped]
 
 from wafercore.classes import CLASS_NAMES, NUM_CLASSES
 from wafercore.encoding import TOKENS
+from wafercore.review import DEFAULT_REVIEW_THRESHOLD, needs_review
 
 MODEL_FILE = "model.onnx"
 """Name of the ONNX graph inside a model directory."""
@@ -71,7 +72,7 @@ class ModelManifest:
     state_shape: tuple[int, int] | None = None
     halt_threshold: float = 0.5
     temperature: float = 1.0
-    review_threshold: float = 0.6
+    review_threshold: float = DEFAULT_REVIEW_THRESHOLD
     class_names: tuple[str, ...] = CLASS_NAMES
     extra: Mapping[str, Any] = field(default_factory=dict)
     schema: int = MANIFEST_SCHEMA
@@ -321,7 +322,7 @@ class ModelRuntime:
             confidence=confidence,
             steps=steps,
             halt=halt,
-            flagged=confidence < self._manifest.review_threshold,
+            flagged=needs_review(confidence, self._manifest.review_threshold),
         )
 
     def predict_all_steps(

@@ -21,6 +21,7 @@ import numpy.typing as npt
 from cloud.evaluation import metrics as m
 from wafercore.classes import CLASS_NAMES, NUM_CLASSES
 from wafercore.encoding import FAIL, OUT
+from wafercore.review import DEFAULT_REVIEW_THRESHOLD
 
 REPORT_KEYS: tuple[str, ...] = (
     "accuracy",
@@ -174,7 +175,7 @@ def build_report(
     seed: int = 0,
     n_errors: int = 12,
     max_f1_drop: float = 0.005,
-    review_threshold: float = 0.6,
+    review_threshold: float = DEFAULT_REVIEW_THRESHOLD,
     created_at: str | None = None,
 ) -> dict[str, Any]:
     """Compute every metric of the report and return the validated, JSON-ready dict.
