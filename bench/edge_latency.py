@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 import numpy as np
 import psycopg
+from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
 from edge.fab_client import open_channel
@@ -40,7 +41,8 @@ from edge.outbox import Outbox
 from edge.settings import EdgeSettings
 from edge.uplink import Uplink
 from fab_server.app import FabServer
-from fab_server.db import migrate
+from fab_server.db import make_async_engine, migrate, session_factory
+from fab_server.services import nodes
 from fab_server.settings import FabSettings
 from wafercore.dataset import WaferDataset
 from wafercore.preprocessing import to_grid, to_tokens
@@ -205,9 +207,21 @@ def _end_to_end(port: int, maps: list[np.ndarray], batches: int) -> dict[str, An
     return {"times": times, "served": served, "rate": rate}
 
 
-async def _drain(port: int, outbox: Outbox, work_dir: Path) -> tuple[int, float]:
+async def _enrol(url: str, schema: str, node_id: str) -> str:
+    """The node's token, issued in the fab's database as `wafer-fab nodes add` does."""
+    engine = make_async_engine(url, schema)
+    try:
+        return await nodes.add_token(session_factory(engine), node_id=node_id)
+    finally:
+        await engine.dispose()
+
+
+async def _drain(port: int, outbox: Outbox, work_dir: Path, token: str) -> tuple[int, float]:
     settings = EdgeSettings(
-        node_id="bench-edge", fab_address=f"127.0.0.1:{port}", work_dir=work_dir
+        node_id="bench-edge",
+        fab_address=f"127.0.0.1:{port}",
+        node_token=SecretStr(token),
+        work_dir=work_dir,
     )
     channel = open_channel(settings)
     try:
@@ -274,6 +288,7 @@ def _drain_part(args: argparse.Namespace, work: Path) -> None:
             outbox.append_many([_outbox_record(i, maps[i % len(maps)]) for i in range(start, stop)])
         fill_s = time.perf_counter() - started
         migrate(url, schema)
+        token = asyncio.run(_enrol(url, schema, "bench-edge"))
         fab = ServerProcess(
             _serve_fab,
             FabSettings(
@@ -286,7 +301,7 @@ def _drain_part(args: argparse.Namespace, work: Path) -> None:
             "fab server",
         )
         try:
-            acked, drain_s = asyncio.run(_drain(fab.port, outbox, work / "uplink"))
+            acked, drain_s = asyncio.run(_drain(fab.port, outbox, work / "uplink", token))
         finally:
             fab.close()
         with psycopg.connect(dsn, autocommit=True) as conn:

@@ -4,8 +4,10 @@ Goals (issue 4): at least 20,000 results/s sustained over gRPC with 4 concurrent
 least 0.3x a raw COPY of the same rows in the same run, and GetLotSummary p99 <= 50 ms with
 10M stored results. The server runs in its own process, as in production, and does all a real
 batch does (results, lots, the node's ack, review-queue entries for the ~10% low-confidence
-results); the COPY writes the result rows only. Every table lives in a scratch schema that
-is dropped at the end.
+results); the COPY writes the result rows only. Every call is authenticated as in production
+(each node with the token the fab issued it, GetLotSummary with an engineer's API token), so
+the lookups are part of the measured time. Every table lives in a scratch schema that is
+dropped at the end.
 
     .venv/bin/python bench/fab_ingest.py                              # under a minute
     .venv/bin/python bench/fab_ingest.py --rows 1000000,10000000      # adds 10M (minutes)
@@ -19,6 +21,7 @@ import json
 import multiprocessing
 import os
 import random
+import secrets
 import time
 import uuid
 from collections.abc import Sequence
@@ -35,10 +38,13 @@ from sqlalchemy.engine import make_url
 from fab_server.db import make_async_engine, migrate, session_factory
 from fab_server.rpc.convert import to_timestamp
 from fab_server.rpc.server import start_grpc_server
-from fab_server.settings import FabSettings
+from fab_server.services import nodes
+from fab_server.settings import ApiToken, FabSettings
 from waferplatform.v1 import common_pb2, fab_pb2, fab_pb2_grpc
 
 LOCAL_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+ENGINEER_TOKEN = secrets.token_urlsafe(24)
+"""This run's API token of the person who reads lot summaries."""
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 RESULT_COLUMNS = (
     "node_id, sequence, wafer_id, lot_id, model_version, prediction, probabilities, confidence,"
@@ -136,7 +142,12 @@ class ServerProcess:
         context = multiprocessing.get_context("spawn")
         self._stop = context.Event()
         receive, send = context.Pipe(duplex=False)
-        settings = FabSettings(database_url=url, db_schema=schema, grpc_port=0)
+        settings = FabSettings(
+            database_url=url,
+            db_schema=schema,
+            grpc_port=0,
+            api_tokens=[ApiToken(token=ENGINEER_TOKEN, user="bench", role="engineer")],
+        )
         self._process = context.Process(target=_serve, args=(settings, send, self._stop))
         self._process.start()
         if not receive.poll(60):
@@ -154,9 +165,25 @@ class ServerProcess:
 # --- measurements ------------------------------------------------------------------------------
 
 
-async def _stream(stub: fab_pb2_grpc.FabServiceStub, batches: list[fab_pb2.ResultBatch]) -> int:
+def _bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+async def _enrol(url: str, schema: str, node_ids: Sequence[str]) -> dict[str, str]:
+    """A token for each node, issued in the fab's database as `wafer-fab nodes add` does."""
+    engine = make_async_engine(url, schema)
+    try:
+        sessions = session_factory(engine)
+        return {n: await nodes.add_token(sessions, node_id=n) for n in node_ids}
+    finally:
+        await engine.dispose()
+
+
+async def _stream(
+    stub: fab_pb2_grpc.FabServiceStub, batches: list[fab_pb2.ResultBatch], token: str
+) -> int:
     """Send a node's outbox pipelined, as the edge uplink does; return the last ack."""
-    call = stub.StreamResults()
+    call = stub.StreamResults(metadata=_bearer(token))
 
     async def write() -> None:
         for batch in batches:
@@ -171,11 +198,15 @@ async def _stream(stub: fab_pb2_grpc.FabServiceStub, batches: list[fab_pb2.Resul
     return acked
 
 
-async def _grpc_ingest(port: int, outboxes: list[list[fab_pb2.ResultBatch]]) -> float:
+async def _grpc_ingest(
+    port: int, outboxes: list[list[fab_pb2.ResultBatch]], tokens: dict[str, str]
+) -> float:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = fab_pb2_grpc.FabServiceStub(channel)
         started = time.perf_counter()
-        acked = await asyncio.gather(*(_stream(stub, outbox) for outbox in outboxes))
+        acked = await asyncio.gather(
+            *(_stream(stub, outbox, tokens[outbox[0].node_id]) for outbox in outboxes)
+        )
         elapsed = time.perf_counter() - started
     expected = [outbox[-1].results[-1].sequence for outbox in outboxes]
     if acked != expected:
@@ -267,7 +298,7 @@ async def _summary_latencies(port: int, lots: int, queries: int) -> np.ndarray:
         for i in range(queries + 20):
             request = fab_pb2.GetLotSummaryRequest(lot_id=f"LOT-{rng.randrange(lots)}")
             started = time.perf_counter()
-            await stub.GetLotSummary(request)
+            await stub.GetLotSummary(request, metadata=_bearer(ENGINEER_TOKEN))
             if i >= 20:  # the first calls warm the connection pool and caches
                 times.append((time.perf_counter() - started) * 1000)
     return np.array(times)
@@ -295,9 +326,10 @@ def _ingest(args: argparse.Namespace, url: str, dsn: str, run: str) -> None:
     try:
         migrate(url, grpc_schema)
         migrate(url, copy_schema)
+        tokens = asyncio.run(_enrol(url, grpc_schema, [o[0].node_id for o in outboxes]))
         server = ServerProcess(url, grpc_schema)
         try:
-            grpc_s = asyncio.run(_grpc_ingest(server.port, outboxes))
+            grpc_s = asyncio.run(_grpc_ingest(server.port, outboxes, tokens))
         finally:
             server.close()
         copy_s = asyncio.run(_raw_copy(dsn, copy_schema, per_node))

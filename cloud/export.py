@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from cloud.models.trm import ExportableStep, TinyRecursiveModel
 from wafercore.classes import CLASS_NAMES
 from wafercore.encoding import OUT, TOKENS
+from wafercore.model_input import TOKENS_INPUT, InputSpec
 from wafercore.review import DEFAULT_REVIEW_THRESHOLD
 from wafercore.runtime import (
     MANIFEST_FILE,
@@ -72,10 +73,19 @@ def export_trm(model: TinyRecursiveModel, path: Path) -> None:
     )
 
 
-def export_classifier(model: nn.Module, path: Path) -> None:
-    """Export a single-pass classifier, tokens (B, 676) int64 → ``logits`` (B, classes)."""
-    tokens = torch.full((2, TOKENS), OUT, dtype=torch.int64, device=_device(model))
-    _export(model, (tokens,), path, inputs=("tokens",), outputs=("logits",))
+def export_classifier(model: nn.Module, path: Path, input_spec: InputSpec = TOKENS_INPUT) -> None:
+    """Export a single-pass classifier, its input → ``logits`` (B, classes).
+
+    The input is ``tokens`` (B, 676) int64 for the legacy grid, ``x`` (B, C, S, S) float32 for
+    an area input (`wafercore.model_input`).
+    """
+    device = _device(model)
+    if input_spec.is_tokens:
+        example = torch.full((2, TOKENS), OUT, dtype=torch.int64, device=device)
+    else:
+        example = torch.zeros((2, *input_spec.shape), dtype=torch.float32, device=device)
+    name = "tokens" if input_spec.is_tokens else "x"
+    _export(model, (example,), path, inputs=(name,), outputs=("logits",))
 
 
 def write_model_dir(
@@ -90,6 +100,7 @@ def write_model_dir(
     temperature: float = 1.0,
     review_threshold: float = DEFAULT_REVIEW_THRESHOLD,
     extra: Mapping[str, Any] | None = None,
+    input_spec: InputSpec = TOKENS_INPUT,
 ) -> ModelManifest:
     """Make ``out_dir`` a model directory: ``model.onnx`` (copied from ``onnx_path`` unless it
     is already there) and ``model.json``. Both are written atomically.
@@ -97,6 +108,7 @@ def write_model_dir(
     Args:
         extra: training metadata (architecture, training config, code version, data
             provenance); must be JSON-serialisable.
+        input_spec: what the model reads (declared in the manifest, built by the runtime).
 
     Returns:
         The manifest written.
@@ -116,6 +128,7 @@ def write_model_dir(
         class_names=CLASS_NAMES,
         onnx_sha256=file_sha256(target),
         extra=dict(extra or {}),
+        input=input_spec,
     )
     _write_atomic(out_dir / MANIFEST_FILE, manifest.to_json().encode("utf-8"))
     return manifest

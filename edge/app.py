@@ -3,24 +3,27 @@
 Routes are thin: they turn bodies into `WaferInput` and `Classified` results into responses;
 `ClassifyService` does the work. Local network only, so no authentication.
 
-Errors: a bad request is 422 naming the field and the reason (pydantic's errors for the body's
-shape, `InvalidInput` for ids, maps and G85 documents; the input is never echoed back), a body
-over ``max_body_bytes`` is 413 (counted on the bytes received, so also without a
-Content-Length), and a full outbox is 503 with Retry-After. Nothing a client sends produces a
-5xx.
+Errors: every error response is `wafercore.web.ErrorResponse` (``{"detail": [{"type", "loc",
+"msg"}]}``). A bad request is 422 naming the field and the reason (pydantic's errors for the
+body's shape, `InvalidInput` for ids, maps and G85 documents; the input is never echoed back), a
+body over ``max_body_bytes`` is 413 (counted on the bytes received, so also without a
+Content-Length), a request whose headers or body arrive too slowly is 408 (the connection is
+closed, see `wafercore.web.deadline_protocol`), and a full outbox is 503 with Retry-After.
+Nothing a client sends produces any other 5xx.
+
+``/docs`` and ``/redoc`` are served from the node's own files (stations are on a closed network).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from datetime import datetime
+from typing import Annotated
 
-from fastapi import FastAPI, Request, Response, status
-from fastapi.exception_handlers import http_exception_handler
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from pydantic import BeforeValidator
 
 from edge.classify import Classified, ClassifyService, WaferInput
 from edge.metrics import EdgeMetrics
@@ -31,28 +34,37 @@ from edge.schemas import (
     BatchResponse,
     ClassifyRequest,
     ClassifyResponse,
-    ErrorResponse,
     HealthResponse,
     ManifestSummary,
     ModelResponse,
-    error_body,
 )
 from edge.settings import EdgeSettings
 from wafercore.classes import CLASS_NAMES
 from wafercore.errors import InvalidInput
+from wafercore.validation import valid_time
+from wafercore.web import (
+    BodyLimit,
+    error_response,
+    error_responses,
+    install_error_handlers,
+    mount_docs,
+)
 
 OUTBOX_RETRY_AFTER_S = 30
 """Retry-After of a 503 for a full outbox: room appears only as the fab acks results."""
-MAX_REPORTED_ERRORS = 20
-"""A 422 lists at most this many problems (a body can hold thousands)."""
 MIN_ROOM_BYTES = 16 * 1024
 """``/healthz`` reports the outbox full below this much room (a few typical results)."""
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    413: {"description": "The body is larger than max_body_bytes."},
-    422: {"model": ErrorResponse, "description": "A field is invalid; the body names it."},
-    503: {"description": "The outbox is full (the fab has not acked results); retry later."},
-}
+_ERRORS = error_responses(
+    (408, 413, 422, 503),
+    {
+        413: "The body is larger than max_body_bytes.",
+        503: "The outbox is full (the fab has not acked results); retry later.",
+    },
+)
+"""The errors of the classify routes (a body that can be slow, too large, invalid)."""
+_COUNTED = frozenset({413, 422})
+"""Refusals of FastAPI's and Starlette's own that the rejected-requests series counts."""
 
 
 def _response(result: Classified) -> ClassifyResponse:
@@ -76,6 +88,7 @@ def _wafer(request: ClassifyRequest, prefix: str = "") -> WaferInput:
         wafer_map=request.wafer_map,
         wm811k=request.encoding == "wm811k",
         field=f"{prefix}wafer_map",
+        tested_at=request.timestamp,
     )
 
 
@@ -106,54 +119,34 @@ def create_app(
         summary="Classifies wafer maps at a test station and keeps every result until the fab "
         "has it.",
         version="1",
-        max_body_size=settings.max_body_bytes,
+        docs_url=None,
+        redoc_url=None,
     )
-
-    async def validation_failed(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        metrics.rejected(422)
-        # Without "input": a bad 1 MB map must not come back in the response.
-        detail = [
-            {"type": e["type"], "loc": list(e["loc"]), "msg": e["msg"]}
-            for e in exc.errors()[:MAX_REPORTED_ERRORS]
-        ]
-        return JSONResponse({"detail": detail}, status.HTTP_422_UNPROCESSABLE_CONTENT)
+    app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
+    mount_docs(app)
+    install_error_handlers(app, on_error=lambda code: _count(metrics, code))
 
     async def bad_map(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, InvalidInput)
         metrics.rejected(422)
-        return JSONResponse(
-            error_body(exc.field, exc.reason, "wafer_map"), status.HTTP_422_UNPROCESSABLE_CONTENT
+        return error_response(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            exc.reason,
+            kind="wafer_map",
+            loc=["body", exc.field],
         )
 
     async def outbox_full(_: Request, exc: Exception) -> JSONResponse:
         metrics.rejected(503)
-        return JSONResponse(
-            {"detail": f"results cannot be stored: {exc}"},
+        return error_response(
             status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"results cannot be stored: {exc}",
+            kind="outbox_full",
             headers={"Retry-After": str(OUTBOX_RETRY_AFTER_S)},
         )
 
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        if exc.status_code == status.HTTP_400_BAD_REQUEST:
-            # FastAPI's answer to a body its JSON parser gave up on (nested too deep).
-            metrics.rejected(422)
-            return JSONResponse(
-                error_body("body", "cannot be parsed as JSON", "json_invalid"),
-                status.HTTP_422_UNPROCESSABLE_CONTENT,
-            )
-        if exc.status_code == status.HTTP_413_CONTENT_TOO_LARGE:
-            metrics.rejected(413)
-            exc = StarletteHTTPException(
-                413, f"the body is larger than {settings.max_body_bytes:,} bytes"
-            )
-        return await http_exception_handler(request, exc)
-
-    app.add_exception_handler(RequestValidationError, validation_failed)
     app.add_exception_handler(InvalidInput, bad_map)
     app.add_exception_handler(OutboxFull, outbox_full)
-    app.add_exception_handler(StarletteHTTPException, http_error)
 
     @app.post("/classify", response_model=ClassifyResponse, responses=_ERRORS, tags=["classify"])
     async def classify(request: ClassifyRequest) -> ClassifyResponse:
@@ -180,9 +173,20 @@ def create_app(
             }
         },
     )
-    async def classify_g85(request: Request) -> BatchResponse:
+    async def classify_g85(
+        request: Request,
+        timestamp: Annotated[
+            datetime | None,
+            Query(
+                description="When the station tested the wafers (ISO 8601 with a zone). With "
+                "it, posting the same document again is a retry: the stored answers come back "
+                "and nothing new is stored."
+            ),
+            BeforeValidator(valid_time),
+        ] = None,
+    ) -> BatchResponse:
         """Classify every map of a SEMI G85 XML document (ids from WaferId and LotId)."""
-        results = await service.classify_g85(await request.body())
+        results = await service.classify_g85(await request.body(), tested_at=timestamp)
         return BatchResponse(results=[_response(r) for r in results])
 
     @app.get(
@@ -215,7 +219,6 @@ def create_app(
         return ModelResponse(
             version=current.version,
             previous_version=store.previous_version,
-            path=str(current.path),
             review_threshold=settings.review_threshold,
             manifest=ManifestSummary(
                 kind=manifest.kind,
@@ -234,3 +237,8 @@ def create_app(
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _count(metrics: EdgeMetrics, code: int) -> None:
+    if code in _COUNTED:
+        metrics.rejected(code)

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,34 +26,19 @@ from google.protobuf.timestamp_pb2 import Timestamp  # type: ignore[import-untyp
 
 from edge.metrics import EdgeMetrics
 from edge.model_store import ModelStore
-from edge.outbox import Outbox, OutboxFull
+from edge.outbox import Outbox, OutboxFull, StationRequest
 from wafercore.errors import InvalidInput
-from wafercore.preprocessing import to_grid, to_tokens, validate_map
+from wafercore.pipeline import Prediction, classify_maps
+from wafercore.preprocessing import validate_map
 from wafercore.readers.g85 import read_g85
-from wafercore.validation import MAX_SIDE
+from wafercore.validation import MAX_SIDE, check_id
 from waferplatform.v1 import common_pb2  # type: ignore[import-not-found]
 
 log = logging.getLogger(__name__)
 
-MAX_ID_CHARS = 128
-"""Longest wafer or lot id: what the fab stores (it would refuse the whole batch otherwise)."""
 # While the outbox stays full, repeat the ERROR log at most this often.
 _FULL_LOG_INTERVAL_S = 60.0
-
-
-def id_problem(value: str) -> str | None:
-    """Why ``value`` cannot be a wafer or lot id, or None when it can.
-
-    The fab refuses a whole batch for one bad id (and PostgreSQL refuses NUL), so the node must
-    not accept what the fab will not store.
-    """
-    if not value.strip():
-        return "must not be blank"
-    if len(value) > MAX_ID_CHARS:
-        return f"has {len(value)} characters; at most {MAX_ID_CHARS}"
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        return "must not contain control characters"
-    return None
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -66,6 +51,8 @@ class WaferInput:
         wafer_map: rows of die values (JSON) or an array, not yet validated.
         wm811k: the values use WM-811K's encoding (0 no die, 1 pass, 2 fail).
         field: where the map is in the request, for errors (``wafers[2].wafer_map``).
+        tested_at: the station's time of the test (validated, aware); with ``wafer_id`` it
+            identifies the request, so a retry returns the stored answer. None: no such key.
     """
 
     wafer_id: str
@@ -73,6 +60,7 @@ class WaferInput:
     wafer_map: Any
     wm811k: bool = False
     field: str = "wafer_map"
+    tested_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +78,7 @@ class Classified:
         flagged: confidence below the node's review threshold.
         novelty_score: None: this node runs no novelty model.
         sequence: the outbox id (the result's sequence at the fab).
+        replayed: the stored answer to an earlier, identical request (nothing was stored).
     """
 
     wafer_id: str
@@ -102,6 +91,7 @@ class Classified:
     flagged: bool
     novelty_score: float | None
     sequence: int
+    replayed: bool = False
 
 
 class ClassifyService:
@@ -138,6 +128,9 @@ class ClassifyService:
     async def classify(self, wafers: Sequence[WaferInput]) -> list[Classified]:
         """Classify 1 to ``max_batch`` wafers; their results are durable when this returns.
 
+        A wafer whose (wafer_id, tested_at) was classified before gets the stored answer
+        (``replayed``), is not classified again and stores nothing.
+
         Raises:
             InvalidInput: no wafers, too many, or a bad id or map (``field`` names it); nothing
                 was classified or stored.
@@ -154,8 +147,14 @@ class ClassifyService:
         self._metrics.observe_call(time.perf_counter() - started)
         return results
 
-    async def classify_g85(self, document: bytes) -> list[Classified]:
+    async def classify_g85(
+        self, document: bytes, *, tested_at: datetime | None = None
+    ) -> list[Classified]:
         """Classify every map of a SEMI G85 document (ids from ``WaferId`` and ``LotId``).
+
+        Args:
+            document: the G85 XML.
+            tested_at: the station's time of the test, when it said; each map's retry key.
 
         Raises:
             InvalidInput: not a valid G85 document (``field`` names the part), a map without
@@ -165,57 +164,63 @@ class ClassifyService:
         maps = await asyncio.to_thread(read_g85, document)
         wafers = []
         for i, parsed in enumerate(maps):
-            for name, value in (("WaferId", parsed.wafer_id), ("Device.LotId", parsed.lot_id)):
-                problem = id_problem(value)
-                if problem is not None:
-                    raise InvalidInput(f"Map[{i}].{name}", problem)
+            check_id(parsed.wafer_id, f"Map[{i}].WaferId")
+            check_id(parsed.lot_id, f"Map[{i}].Device.LotId")
             wafers.append(
-                WaferInput(parsed.wafer_id, parsed.lot_id, parsed.map, field=f"Map[{i}].Data")
+                WaferInput(
+                    parsed.wafer_id,
+                    parsed.lot_id,
+                    parsed.map,
+                    field=f"Map[{i}].Data",
+                    tested_at=tested_at,
+                )
             )
         return await self.classify(wafers)
 
     def _classify(self, wafers: Sequence[WaferInput]) -> list[Classified]:
         model = self._store.current  # this call finishes on this model, whatever is activated
-        started = time.perf_counter()
-        maps = [_canonical(w) for w in wafers]
-        tokens = to_tokens(np.stack([to_grid(m) for m in maps]))
-        predicted = model.runtime.predict(tokens)
-        latency_ms = (time.perf_counter() - started) * 1000 / len(wafers)
-        stamp = Timestamp()
-        stamp.FromDatetime(self._clock())
-        results: list[Classified] = []
-        messages: list[bytes] = []
-        for row, (wafer, canonical) in enumerate(zip(wafers, maps, strict=True)):
-            confidence = float(predicted.confidence[row])
-            flagged = confidence < self._threshold
-            result = Classified(
-                wafer_id=wafer.wafer_id,
-                prediction=int(predicted.prediction[row]),
-                confidence=confidence,
-                probabilities=tuple(float(p) for p in predicted.probabilities[row]),
-                steps=int(predicted.steps[row]),
-                latency_ms=latency_ms,
-                model_version=model.version,
-                flagged=flagged,
-                novelty_score=None,
-                sequence=0,
+        maps = [_canonical(w) for w in wafers]  # every wafer is valid before any is classified
+        requests = [_request_key(w) for w in wafers]
+        known = self._outbox.answers([k for k in requests if k is not None])
+        results: list[Classified | None] = [
+            None if key is None or key not in known else _from_answer(wafer, *known[key])
+            for wafer, key in zip(wafers, requests, strict=True)
+        ]
+        fresh = [i for i, result in enumerate(results) if result is None]
+        if fresh:
+            predictions = classify_maps(
+                model.runtime, [maps[i] for i in fresh], review_threshold=self._threshold
             )
-            results.append(result)
-            messages.append(_to_message(result, wafer.lot_id, canonical, stamp))
-        ids = self._store_results(messages)
-        for result in results:
-            self._metrics.observe(
-                latency_ms=result.latency_ms,
-                steps=result.steps,
-                confidence=result.confidence,
-                prediction=result.prediction,
-                flagged=result.flagged,
-            )
-        return [replace(r, sequence=s) for r, s in zip(results, ids, strict=True)]
+            stamp = Timestamp()
+            stamp.FromDatetime(self._clock())
+            messages = [
+                _to_message(wafers[i], p, maps[i], stamp)
+                for i, p in zip(fresh, predictions, strict=True)
+            ]
+            stations = [
+                _station_request(wafers[i], requests[i], message)
+                for i, message in zip(fresh, messages, strict=True)
+            ]
+            ids = self._store_results(messages, stations)
+            for i, prediction, sequence, message in zip(
+                fresh, predictions, ids, messages, strict=True
+            ):
+                # From the stored message, so a retry's answer is this one, bit for bit.
+                results[i] = _from_answer(wafers[i], sequence, message, replayed=False)
+                self._metrics.observe(
+                    latency_ms=prediction.latency_ms,
+                    steps=prediction.steps,
+                    confidence=prediction.confidence,
+                    prediction=prediction.prediction,
+                    flagged=prediction.flagged,
+                )
+        return [r for r in results if r is not None]
 
-    def _store_results(self, messages: list[bytes]) -> list[int]:
+    def _store_results(
+        self, messages: list[bytes], requests: list[StationRequest | None]
+    ) -> list[int]:
         try:
-            ids = self._outbox.append_many(messages)
+            ids = self._outbox.append_many(messages, requests=requests)
         except OutboxFull as exc:
             self._metrics.outbox_refused(len(messages))
             with self._full_lock:
@@ -238,12 +243,49 @@ class ClassifyService:
 
 def _canonical(wafer: WaferInput) -> npt.NDArray[np.uint8]:
     """The wafer's map, validated, as a canonical (rows, cols) array; ids checked too."""
+    prefix = wafer.field.rpartition(".")[0]
     for name, value in (("wafer_id", wafer.wafer_id), ("lot_id", wafer.lot_id)):
-        problem = id_problem(value)
-        if problem is not None:
-            prefix = wafer.field.rpartition(".")[0]
-            raise InvalidInput(f"{prefix}.{name}" if prefix else name, problem)
+        check_id(value, f"{prefix}.{name}" if prefix else name)
     return validate_map(_fast_array(wafer.wafer_map), field=wafer.field, wm811k=wafer.wm811k)
+
+
+def _request_key(wafer: WaferInput) -> tuple[str, int] | None:
+    """(wafer_id, tested_at in microseconds since the epoch), or None without a test time."""
+    if wafer.tested_at is None:
+        return None
+    delta = wafer.tested_at - _EPOCH
+    return (wafer.wafer_id, (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds)
+
+
+def _station_request(
+    wafer: WaferInput, key: tuple[str, int] | None, message: bytes
+) -> StationRequest | None:
+    """The outbox's retry key and stored answer (the result without its map) of a wafer."""
+    if key is None:
+        return None
+    answer = common_pb2.Classification.FromString(message)
+    answer.ClearField("wafer_map")
+    return StationRequest(wafer_id=key[0], tested_at_us=key[1], answer=answer.SerializeToString())
+
+
+def _from_answer(
+    wafer: WaferInput, sequence: int, answer: bytes, *, replayed: bool = True
+) -> Classified:
+    """A result from its stored contract message (the answer to a retry, or the first one)."""
+    message = common_pb2.Classification.FromString(answer)
+    return Classified(
+        wafer_id=wafer.wafer_id,
+        prediction=int(message.prediction),
+        confidence=float(message.confidence),
+        probabilities=tuple(float(p) for p in message.class_probabilities),
+        steps=int(message.recursion_steps_used),
+        latency_ms=float(message.inference_latency_ms),
+        model_version=message.model_version,
+        flagged=bool(message.flagged_for_review),
+        novelty_score=message.novelty_score if message.HasField("novelty_score") else None,
+        sequence=sequence,
+        replayed=replayed,
+    )
 
 
 def _fast_array(rows: Any) -> Any:
@@ -267,14 +309,14 @@ def _fast_array(rows: Any) -> Any:
 
 
 def _to_message(
-    result: Classified, lot_id: str, wafer_map: npt.NDArray[np.uint8], stamp: Timestamp
+    wafer: WaferInput, result: Prediction, wafer_map: npt.NDArray[np.uint8], stamp: Timestamp
 ) -> bytes:
-    """The contract Classification of a result, with its canonical map; the uplink sets
-    ``node_id`` and ``sequence`` when it sends it."""
+    """The contract Classification of a result, with its canonical map and the station's time;
+    the uplink sets ``node_id`` and ``sequence`` when it sends it."""
     rows, cols = wafer_map.shape
     message = common_pb2.Classification(
-        wafer_id=result.wafer_id,
-        lot_id=lot_id,
+        wafer_id=wafer.wafer_id,
+        lot_id=wafer.lot_id,
         class_probabilities=result.probabilities,
         prediction=result.prediction,
         confidence=result.confidence,
@@ -295,4 +337,6 @@ def _to_message(
             else common_pb2.REVIEW_REASON_UNSPECIFIED
         ),
     )
+    if wafer.tested_at is not None:
+        message.tested_at.FromDatetime(wafer.tested_at)
     return bytes(message.SerializeToString())

@@ -1,16 +1,21 @@
 """How the edge node reaches its fab server: the gRPC channel and the reconnect backoff.
 
 The channel is plaintext, TLS or mutual TLS, with keepalive; one channel serves the uplink,
-the metrics push and the OTA agent. `Backoff` is the retry policy of whatever calls the fab.
-Certificate files are read and checked when the channel is opened, so a misconfigured node
-fails at start-up with a message naming the setting instead of failing every handshake later.
-(The edge tier installs no ``fab_server``; the checks mirror the server's own.)
+the metrics push and the OTA agent. With ``node_token`` set, every call on it carries
+``authorization: Bearer <token>``, added by client interceptors: gRPC refuses call credentials
+on a plaintext channel, and a fab reached over plaintext still needs to know who calls.
+`Backoff` is the retry policy of whatever calls the fab. Certificate files are read and
+checked when the channel is opened, so a misconfigured node fails at start-up with a message
+naming the setting instead of failing every handshake later. (The edge tier installs no
+``fab_server``; the checks mirror the server's own.)
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 from cryptography import x509
@@ -107,6 +112,81 @@ def channel_options(settings: EdgeSettings) -> list[tuple[str, int]]:
     ]
 
 
+class _BearerToken:
+    """Adds ``authorization: Bearer <token>`` to a call's metadata, unless the call sets one."""
+
+    def __init__(self, token: str) -> None:
+        self._value = f"Bearer {token}"
+
+    def details(self, details: Any) -> Any:
+        """``details`` with the header added."""
+        metadata = tuple(details.metadata or ())
+        if any(key == "authorization" for key, _ in metadata):
+            return details  # an explicit header (a tool's API token) wins
+        return grpc.aio.ClientCallDetails(
+            details.method,
+            details.timeout,
+            grpc.aio.Metadata(*metadata, ("authorization", self._value)),
+            details.credentials,
+            details.wait_for_ready,
+        )
+
+
+# grpc.aio files each interceptor under the FIRST call kind it implements, so one object per
+# kind: a class implementing all four would only ever see unary-unary calls.
+class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    def __init__(self, bearer: _BearerToken) -> None:
+        self._bearer = bearer
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._bearer.details(details), request)
+
+
+class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    def __init__(self, bearer: _BearerToken) -> None:
+        self._bearer = bearer
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._bearer.details(details), request)
+
+
+class _StreamUnary(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+    def __init__(self, bearer: _BearerToken) -> None:
+        self._bearer = bearer
+
+    async def intercept_stream_unary(
+        self, continuation: Any, details: Any, request_iterator: Any
+    ) -> Any:
+        return await continuation(self._bearer.details(details), request_iterator)
+
+
+class _StreamStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    def __init__(self, bearer: _BearerToken) -> None:
+        self._bearer = bearer
+
+    async def intercept_stream_stream(
+        self, continuation: Any, details: Any, request_iterator: Any
+    ) -> Any:
+        return await continuation(self._bearer.details(details), request_iterator)
+
+
+def bearer_interceptors(token: str) -> list[grpc.aio.ClientInterceptor]:
+    """Client interceptors that send ``authorization: Bearer <token>`` on every call.
+
+    Pass them to ``grpc.aio.insecure_channel`` or ``secure_channel`` (``interceptors=``); they
+    cover all four call kinds. A call that sets its own ``authorization`` keeps it.
+    """
+    bearer = _BearerToken(token)
+    return [_UnaryUnary(bearer), _UnaryStream(bearer), _StreamUnary(bearer), _StreamStream(bearer)]
+
+
+def channel_interceptors(settings: EdgeSettings) -> Sequence[grpc.aio.ClientInterceptor]:
+    """The interceptors `open_channel` installs: the node token's, when one is set."""
+    if settings.node_token is None:
+        return []
+    return bearer_interceptors(settings.node_token.get_secret_value())
+
+
 def open_channel(settings: EdgeSettings) -> grpc.aio.Channel:
     """Open the channel to ``settings.fab_address`` (connects lazily, on the first call).
 
@@ -114,11 +194,12 @@ def open_channel(settings: EdgeSettings) -> grpc.aio.Channel:
     ``await channel.close()``.
 
     Args:
-        settings: ``fab_address`` ("host:port"), the TLS files and the uplink backoff.
+        settings: ``fab_address`` ("host:port"), the TLS files, ``node_token`` and the uplink
+            backoff.
 
     Returns:
         A grpc.aio channel: TLS (mutual with a client certificate) when ``tls_ca`` is set,
-        plaintext otherwise.
+        plaintext otherwise; every call carries the node token when one is set.
 
     Raises:
         ValueError: ``fab_address`` is not set, or the TLS settings are bad.
@@ -127,9 +208,14 @@ def open_channel(settings: EdgeSettings) -> grpc.aio.Channel:
         raise ValueError("fab_address: not set; this node has no fab to talk to")
     credentials = channel_credentials(settings)
     options = channel_options(settings)
+    interceptors = channel_interceptors(settings)
     if credentials is None:
-        return grpc.aio.insecure_channel(settings.fab_address, options=options)
-    return grpc.aio.secure_channel(settings.fab_address, credentials, options=options)
+        return grpc.aio.insecure_channel(
+            settings.fab_address, options=options, interceptors=interceptors
+        )
+    return grpc.aio.secure_channel(
+        settings.fab_address, credentials, options=options, interceptors=interceptors
+    )
 
 
 class Backoff:

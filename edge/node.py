@@ -26,6 +26,7 @@ from edge.ota import OtaAgent
 from edge.outbox import Outbox, clock_first_id
 from edge.settings import EdgeSettings
 from edge.uplink import Uplink
+from wafercore.web import deadline_protocol
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ class EdgeNode:
             max_bytes=settings.outbox_max_bytes,
             sync=settings.outbox_sync,
             first_id=clock_first_id(),
+            request_retention_s=settings.idempotency_retention_s,
         )
         self.outbox = outbox
         metrics = EdgeMetrics(
@@ -154,7 +156,17 @@ class EdgeNode:
             sock.close()
             raise
         self.http_port = sock.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+        config = uvicorn.Config(
+            app,
+            # httptools with deadlines: slow or silent clients cannot hold connections open.
+            http=deadline_protocol(
+                header_timeout_s=settings.http_header_timeout_s,
+                body_timeout_s=settings.http_body_timeout_s,
+            ),
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+        )
         self._http = _EmbeddedServer(config)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
         while not self._http.started:

@@ -24,6 +24,12 @@ Disk use is capped at ``max_bytes`` of pages in use (``(page_count - freelist_co
 page_size``): pages freed by ``ack`` are reused, so the file stops growing at the cap plus the
 WAL, whose size after a checkpoint is limited by ``journal_size_limit``.
 
+Station retries are idempotent: a result stored with a `StationRequest` (the station's wafer id
+and test time) is remembered, with its answer, in a second table for ``request_retention_s``;
+storing the same request again returns the first result's id and stores nothing. The key and
+its result commit in one transaction, so a crash cannot keep one without the other. Remembered
+requests use pages too, and count against ``max_bytes``.
+
 A lost file would restart ids at 1, and the fab would take the new results for duplicates of old
 ones and drop them. The node therefore creates the file with ``first_id`` from the clock (see
 `clock_first_id`), so a re-created outbox continues above anything the old one handed out.
@@ -34,12 +40,33 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 # Keep the WAL file from staying large after a burst (it is truncated to this at checkpoints).
 _JOURNAL_SIZE_LIMIT = 16 << 20
 _SYNC_PRAGMA = {"full": "FULL", "normal": "NORMAL"}
+
+
+@dataclass(frozen=True)
+class StationRequest:
+    """What makes a station's request unique, and the answer to give a retry of it.
+
+    Attributes:
+        wafer_id: the station's wafer id.
+        tested_at_us: the station's test time, microseconds since the epoch (UTC).
+        answer: the stored result as the service wants it back (without the map).
+    """
+
+    wafer_id: str
+    tested_at_us: int
+    answer: bytes
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """(wafer_id, tested_at_us)."""
+        return (self.wafer_id, self.tested_at_us)
 
 
 class OutboxFull(Exception):  # noqa: N818 (named for the condition, as the interface fixes)
@@ -63,6 +90,8 @@ class Outbox:
         max_bytes: cap on the pages in use; `append` raises `OutboxFull` beyond it.
         sync: ``full`` (survives power loss) or ``normal`` (survives a process crash).
         first_id: id of the first row of a NEW file; ignored when the file exists.
+        request_retention_s: how long a `StationRequest` is remembered.
+        clock: the time requests are stamped and expired with (seconds since the epoch).
 
     Raises:
         ValueError: unknown ``sync`` or a cap below 64 KiB.
@@ -70,7 +99,14 @@ class Outbox:
     """
 
     def __init__(
-        self, path: Path, *, max_bytes: int, sync: str = "full", first_id: int = 1
+        self,
+        path: Path,
+        *,
+        max_bytes: int,
+        sync: str = "full",
+        first_id: int = 1,
+        request_retention_s: float = 7 * 24 * 3600.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if sync not in _SYNC_PRAGMA:
             raise ValueError(f"sync must be one of {sorted(_SYNC_PRAGMA)}, got {sync!r}")
@@ -80,6 +116,8 @@ class Outbox:
             raise ValueError(f"first_id {first_id} must be at least 1")
         self.path = Path(path)
         self._max_bytes = max_bytes
+        self._retention_s = request_retention_s
+        self._clock = clock
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Autocommit (isolation_level=None): each statement is its own transaction unless a
@@ -117,6 +155,14 @@ class Outbox:
                         "INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)",
                         (first_id - 1,),
                     )
+            # IF NOT EXISTS: outboxes made before station requests were remembered gain it.
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS requests ("
+                " wafer_id TEXT NOT NULL, tested_at_us INTEGER NOT NULL,"
+                " sequence INTEGER NOT NULL, answer BLOB NOT NULL, stored_at REAL NOT NULL,"
+                " PRIMARY KEY (wafer_id, tested_at_us)) WITHOUT ROWID"
+            )
+            conn.execute("CREATE INDEX IF NOT EXISTS requests_stored_at ON requests (stored_at)")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -130,8 +176,20 @@ class Outbox:
         """
         return self.append_many([message])[0]
 
-    def append_many(self, messages: Sequence[bytes]) -> list[int]:
+    def append_many(
+        self,
+        messages: Sequence[bytes],
+        *,
+        requests: Sequence[StationRequest | None] | None = None,
+    ) -> list[int]:
         """Store several messages in one transaction (one fsync): all of them or none.
+
+        Args:
+            messages: the results.
+            requests: per message, the station request it answers (None: not a retryable
+                request). A message whose request is already remembered (a retry racing
+                the first call, or the same request twice in one call) is not stored: its
+                id is the first result's.
 
         Returns:
             Their ids, in order.
@@ -141,6 +199,9 @@ class Outbox:
         """
         if not messages:
             return []
+        keyed = list(requests) if requests is not None else [None] * len(messages)
+        if len(keyed) != len(messages):
+            raise ValueError(f"{len(keyed)} requests for {len(messages)} messages")
         with self._lock:
             conn = self._open()
             incoming = sum(len(m) for m in messages)
@@ -151,28 +212,77 @@ class Outbox:
                     f"{incoming:,} more would pass its cap of {self._max_bytes:,}"
                 )
             try:
-                if len(messages) == 1:
-                    ids = [self._insert(conn, messages[0])]
-                else:
-                    conn.execute("BEGIN IMMEDIATE")
-                    try:
-                        ids = [self._insert(conn, m) for m in messages]
-                        conn.execute("COMMIT")
-                    except BaseException:
-                        conn.execute("ROLLBACK")
-                        raise
+                ids, stored = self._append_in_transaction(conn, messages, keyed)
             except sqlite3.OperationalError as exc:
                 if exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
                     raise OutboxFull(f"the disk under {self.path} is full: {exc}") from exc
                 raise
-            self._depth += len(ids)
+            self._depth += stored
             return ids
 
+    def _append_in_transaction(
+        self,
+        conn: sqlite3.Connection,
+        messages: Sequence[bytes],
+        requests: Sequence[StationRequest | None],
+    ) -> tuple[list[int], int]:
+        """(ids, how many messages were stored) for one BEGIN ... COMMIT."""
+        now = self._clock()
+        ids: list[int] = []
+        stored = 0
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if any(r is not None for r in requests):
+                conn.execute("DELETE FROM requests WHERE stored_at < ?", (now - self._retention_s,))
+            for message, request in zip(messages, requests, strict=True):
+                known = self._known(conn, request) if request is not None else None
+                if known is not None:
+                    ids.append(known)
+                    continue
+                row_id = conn.execute(
+                    "INSERT INTO outbox (message) VALUES (?)", (message,)
+                ).lastrowid
+                assert row_id is not None  # always set after an INSERT into a rowid table
+                if request is not None:
+                    conn.execute(
+                        "INSERT INTO requests VALUES (?, ?, ?, ?, ?)",
+                        (*request.key, row_id, request.answer, now),
+                    )
+                ids.append(row_id)
+                stored += 1
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return ids, stored
+
     @staticmethod
-    def _insert(conn: sqlite3.Connection, message: bytes) -> int:
-        row_id = conn.execute("INSERT INTO outbox (message) VALUES (?)", (message,)).lastrowid
-        assert row_id is not None  # always set after an INSERT into a rowid table
-        return row_id
+    def _known(conn: sqlite3.Connection, request: StationRequest) -> int | None:
+        row = conn.execute(
+            "SELECT sequence FROM requests WHERE wafer_id = ? AND tested_at_us = ?", request.key
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def answers(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], tuple[int, bytes]]:
+        """The remembered requests among ``keys``: key -> (id of its result, stored answer).
+
+        Requests older than the retention are not returned (they are forgotten).
+        """
+        if not keys:
+            return {}
+        oldest = self._clock() - self._retention_s
+        found: dict[tuple[str, int], tuple[int, bytes]] = {}
+        with self._lock:
+            conn = self._open()
+            for key in dict.fromkeys(keys):
+                row = conn.execute(
+                    "SELECT sequence, answer FROM requests"
+                    " WHERE wafer_id = ? AND tested_at_us = ? AND stored_at >= ?",
+                    (*key, oldest),
+                ).fetchone()
+                if row is not None:
+                    found[key] = (int(row[0]), bytes(row[1]))
+        return found
 
     def pending(self, *, limit: int, after: int = 0) -> list[tuple[int, bytes]]:
         """Up to ``limit`` stored messages with ids above ``after``, oldest first."""

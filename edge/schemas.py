@@ -8,21 +8,12 @@ error naming it (``wafer_map[3][7]``) instead of one error per bad die.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, SkipValidation
+from pydantic import BaseModel, ConfigDict, Field, SkipValidation
 
-from edge.classify import MAX_ID_CHARS, id_problem
+from wafercore.validation import Identifier, ZonedTime
 
-
-def _check_id(value: str) -> str:
-    problem = id_problem(value)
-    if problem is not None:
-        raise ValueError(problem)
-    return value
-
-
-Identifier = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS), AfterValidator(_check_id)]
 Encoding = Literal["canonical", "wm811k"]
 
 
@@ -49,7 +40,11 @@ class ClassifyRequest(BaseModel):
         description="Rows of die values, any H x W up to 512 per side. Canonical encoding: "
         "0 pass, 1 fail, 2 out of wafer; WM-811K's (encoding=wm811k): 0 no die, 1 pass, 2 fail."
     )
-    timestamp: AwareDatetime = Field(description="When the wafer was tested (ISO 8601 with zone).")
+    timestamp: ZonedTime = Field(
+        description="When the station tested the wafer (ISO 8601 with a zone). The same "
+        "wafer_id and timestamp again is a retry: it returns the stored answer and stores "
+        "nothing; a retest carries a later timestamp."
+    )
     encoding: Encoding = Field(default="canonical", description="How wafer_map's values read.")
 
 
@@ -112,25 +107,5 @@ class ModelResponse(BaseModel):
 
     version: str
     previous_version: str | None
-    path: str
     review_threshold: float = Field(description="Confidence below which results are flagged.")
     manifest: ManifestSummary
-
-
-class ErrorItem(BaseModel):
-    """One problem with a request, FastAPI's validation error shape."""
-
-    type: str
-    loc: list[str | int]
-    msg: str
-
-
-class ErrorResponse(BaseModel):
-    """422 body: every problem found (a bad map reports its first bad cell)."""
-
-    detail: list[ErrorItem] | str
-
-
-def error_body(field: str, reason: str, kind: str = "invalid") -> dict[str, Any]:
-    """A 422 body naming ``field`` (``wafer_map[3][7]``) and the reason."""
-    return {"detail": [{"type": kind, "loc": ["body", field], "msg": reason}]}

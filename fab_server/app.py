@@ -22,6 +22,7 @@ from fab_server.rpc.server import start_grpc_server
 from fab_server.services.alerts import run_alert_loop
 from fab_server.settings import FabSettings
 from wafercore.runtime import ModelRuntime
+from wafercore.web import deadline_protocol
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,16 @@ class FabServer:
         sock.bind((self.settings.http_host, self.settings.http_port))
         self.http_port = sock.getsockname()[1]
         app = create_app(self.settings, self.sessions)
-        config = uvicorn.Config(app, log_level="warning", lifespan="off")
+        config = uvicorn.Config(
+            app,
+            # httptools with deadlines: slow or silent clients cannot hold connections open.
+            http=deadline_protocol(
+                header_timeout_s=self.settings.http_header_timeout_s,
+                body_timeout_s=self.settings.http_body_timeout_s,
+            ),
+            log_level="warning",
+            lifespan="off",
+        )
         self._http = uvicorn.Server(config)
         self._tasks.append(asyncio.create_task(self._http.serve(sockets=[sock])))
         self._tasks.append(

@@ -199,8 +199,7 @@ def make_dev_certs(
     if not hosts or any(not h.strip() for h in hosts):
         raise ValueError(f"hosts: need at least one non-empty host name, got {list(hosts)}")
     for client in clients:
-        if not _FILE_NAME.match(client) or client in _RESERVED:
-            raise ValueError(f"clients: {client!r} is not usable as a node id and file name")
+        _check_client(client, "clients")
     if len(set(clients)) != len(clients):
         raise ValueError(f"clients: repeated node ids in {list(clients)}")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -215,15 +214,57 @@ def make_dev_certs(
         ca_cert=ca_cert,
         ca_key=ca_key,
     )
-    pairs = {}
-    for client in clients:
-        pairs[client] = CertPair(out_dir / f"{client}.pem", out_dir / f"{client}.key")
-        _issue(
-            pairs[client],
-            common_name=client,
-            usage=ExtendedKeyUsageOID.CLIENT_AUTH,
-            san=[],
-            ca_cert=ca_cert,
-            ca_key=ca_key,
-        )
+    pairs = {client: _issue_client(out_dir, client, ca_cert, ca_key) for client in clients}
     return DevCerts(ca=ca, server=server, clients=pairs)
+
+
+def _check_client(node_id: str, setting: str) -> None:
+    if not _FILE_NAME.match(node_id) or node_id in _RESERVED:
+        raise ValueError(f"{setting}: {node_id!r} is not usable as a node id and file name")
+
+
+def _issue_client(
+    out_dir: Path, node_id: str, ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey
+) -> CertPair:
+    pair = CertPair(out_dir / f"{node_id}.pem", out_dir / f"{node_id}.key")
+    _issue(
+        pair,
+        common_name=node_id,
+        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        san=[],
+        ca_cert=ca_cert,
+        ca_key=ca_key,
+    )
+    return pair
+
+
+def issue_client_cert(out_dir: Path, node_id: str, *, ca: CertPair) -> CertPair:
+    """Issue one edge node a client certificate from an existing CA (``wafer-fab nodes add``).
+
+    Writes ``{node_id}.pem`` and ``{node_id}.key`` (mode 0600) in ``out_dir``, replacing a
+    previous pair of that node.
+
+    Args:
+        out_dir: where to write (created if missing).
+        node_id: the certificate's common name; a plain file name as in `make_dev_certs`.
+        ca: the CA's certificate and unencrypted private key (from `make_dev_certs`).
+
+    Returns:
+        The paths of the certificate and key.
+
+    Raises:
+        ValueError: a node id that is not a plain file name, or a CA that cannot be read or
+            whose key does not match its certificate.
+    """
+    _check_client(node_id, "node_id")
+    if not (ca.cert.is_file() and ca.key.is_file()):
+        raise ValueError(f"CA: {ca.cert} and {ca.key} must both exist")
+    try:
+        ca_cert, ca_key = _load_or_make_ca(ca)  # both files exist: loads, never makes
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"CA: cannot use {ca.cert} with {ca.key}: {exc}") from None
+    if ca_cert.public_key() != ca_key.public_key():
+        # Certificates signed with another key would fail every handshake: say so now.
+        raise ValueError(f"CA: {ca.key} is not the key of {ca.cert}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return _issue_client(out_dir, node_id, ca_cert, ca_key)

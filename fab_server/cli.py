@@ -1,25 +1,30 @@
-"""Command line of the fab server (``wafer-fab``): migrate, serve, seed, certs, models."""
+"""Command line of the fab server (``wafer-fab``): migrate, serve, seed, certs, models, nodes."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fab_server.app import FabServer, NotMigrated
-from fab_server.certs import make_dev_certs
+from fab_server.certs import CertPair, issue_client_cert, make_dev_certs
 from fab_server.db import make_async_engine, migrate, session_factory
 from fab_server.errors import FabError
-from fab_server.services import distribution
+from fab_server.services import distribution, nodes
 from fab_server.services.classify import Classifier
 from fab_server.services.seed import seed_synthetic
 from fab_server.settings import FabSettings
+from wafercore.errors import InvalidInput
+
+T = TypeVar("T")
+Sessions = async_sessionmaker[AsyncSession]
 
 
 @click.group(
@@ -192,11 +197,129 @@ def models_assign(settings: FabSettings, node_id: str, version: str, rollback: b
     _run_service(run())
 
 
+@main.group(help="Enrol edge nodes (token or client certificate), revoke and list them.")
+def nodes_group() -> None:
+    """The ``nodes`` commands."""
+
+
+main.add_command(nodes_group, "nodes")
+
+
+_PEM_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+@nodes_group.command(
+    "add",
+    help="Give NODE a credential to call the fab with: a new token (printed once), a client "
+    "certificate issued from a CA (--cert-dir, --ca-cert, --ca-key), or an existing client "
+    "certificate (--certificate). The node's other credentials stay valid.",
+)
+@click.argument("node_id", metavar="NODE")
+@click.option("--certificate", type=_PEM_FILE, help="Enrol this client certificate (CN = NODE).")
+@click.option(
+    "--cert-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Issue NODE.pem and NODE.key here and enrol them (needs --ca-cert, --ca-key).",
+)
+@click.option("--ca-cert", type=_PEM_FILE, help="CA certificate that signs client certificates.")
+@click.option("--ca-key", type=_PEM_FILE, help="That CA's private key.")
+@click.pass_obj
+def nodes_add(
+    settings: FabSettings,
+    node_id: str,
+    certificate: Path | None,
+    cert_dir: Path | None,
+    ca_cert: Path | None,
+    ca_key: Path | None,
+) -> None:
+    """Enrol a node with a token or a client certificate."""
+    if certificate is not None and (cert_dir or ca_cert or ca_key):
+        raise click.UsageError("--certificate enrols an existing certificate: no --cert-dir/--ca-*")
+    if cert_dir is None and (ca_cert or ca_key):
+        raise click.UsageError("--ca-cert and --ca-key issue a certificate into --cert-dir")
+    if cert_dir is not None:
+        if ca_cert is None or ca_key is None:
+            raise click.UsageError("--cert-dir needs --ca-cert and --ca-key")
+        try:
+            pair = issue_client_cert(cert_dir, node_id, ca=CertPair(ca_cert, ca_key))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+        _enrol_certificate(settings, node_id, pair.cert)
+        click.echo(
+            f"on the node: EDGE_TLS_CERT={pair.cert} EDGE_TLS_KEY={pair.key} EDGE_TLS_CA=<the CA "
+            "of the fab's server certificate>"
+        )
+        return
+    if certificate is not None:
+        _enrol_certificate(settings, node_id, certificate)
+        return
+    token = _on_database(settings, lambda sessions: nodes.add_token(sessions, node_id=node_id))
+    click.echo(f"node {node_id}: new token (shown once; the fab keeps only its SHA-256):")
+    click.echo(token)
+    click.echo(
+        "set it on the node as EDGE_NODE_TOKEN (in its environment or service unit, never on a "
+        "command line)"
+    )
+
+
+def _enrol_certificate(settings: FabSettings, node_id: str, path: Path) -> None:
+    pem = path.read_bytes()
+    _on_database(
+        settings, lambda sessions: nodes.add_certificate(sessions, node_id=node_id, cert_pem=pem)
+    )
+    fingerprint = nodes.certificate_fingerprint(pem)
+    click.echo(f"node {node_id}: certificate {path} enrolled (sha256 {fingerprint})")
+
+
+@nodes_group.command("revoke", help="Revoke every credential of NODE: its next call is refused.")
+@click.argument("node_id", metavar="NODE")
+@click.pass_obj
+def nodes_revoke(settings: FabSettings, node_id: str) -> None:
+    """Revoke a node's tokens and certificates."""
+    count = _on_database(settings, lambda sessions: nodes.revoke(sessions, node_id=node_id))
+    if not count:
+        raise click.ClickException(f"node {node_id!r} has no credential to revoke")
+    click.echo(f"node {node_id}: revoked {count} credential{'s' if count > 1 else ''}")
+
+
+@nodes_group.command("list", help="Every enrolled node: active kinds, first issue, revocation.")
+@click.pass_obj
+def nodes_list(settings: FabSettings) -> None:
+    """Print one line per node."""
+    summaries = _on_database(settings, nodes.list_nodes)
+    if not summaries:
+        click.echo("no node enrolled (wafer-fab nodes add NODE)")
+        return
+    width = max(12, *(len(n.node_id) for n in summaries))
+    click.echo(f"{'node':<{width}}  {'kinds':<17}  {'created':<25}  revoked")
+    for node in summaries:
+        kinds = ",".join(node.active_kinds) or "-"
+        revoked = node.revoked_at.isoformat(timespec="seconds") if node.revoked_at else "-"
+        created = node.created_at.isoformat(timespec="seconds")
+        click.echo(f"{node.node_id:<{width}}  {kinds:<17}  {created:<25}  {revoked}")
+
+
+def _on_database(settings: FabSettings, call: Callable[[Sessions], Awaitable[T]]) -> T:
+    """Run one service call on the configured database; its errors exit 1 with the message."""
+
+    async def run() -> T:
+        engine = make_async_engine(settings.database_url, settings.db_schema)
+        try:
+            return await call(session_factory(engine))
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(run())
+    except (FabError, InvalidInput) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def _run_service(work: Coroutine[Any, Any, None]) -> None:
     """Run a service call, turning its errors into a clean message and exit status 1."""
     try:
         asyncio.run(work)
-    except FabError as exc:
+    except (FabError, InvalidInput) as exc:
         raise click.ClickException(str(exc)) from None
 
 

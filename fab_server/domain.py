@@ -88,7 +88,7 @@ class IngestOutcome:
     acked_sequence: int
     accepted: int
     duplicates: int
-    rejected: int = 0
+    rejected: int = 0  # conflicts: same (node, sequence) stored with other content, set aside
 
 
 @dataclass(frozen=True)
@@ -276,12 +276,12 @@ class ModelAction(enum.IntEnum):
 
 @dataclass(frozen=True)
 class RawWaferMap:
-    """A wafer map as its sender encoded it, not yet validated (either encoding)."""
+    """A wafer map as its sender encoded it, not yet validated."""
 
     rows: int
     cols: int
     values: bytes
-    wm811k: bool = False  # True: 0 no die, 1 pass, 2 fail (WM-811K); False: canonical
+    encoding: int = 0  # the contract's DieEncoding: 0 canonical, 1 WM-811K; others are refused
 
 
 @dataclass(frozen=True)

@@ -1,23 +1,28 @@
 """Errors the fab server's services raise; each transport maps them to its own status codes.
 
-gRPC: InvalidArgument -> INVALID_ARGUMENT, NotFound -> NOT_FOUND, Conflict -> FAILED_PRECONDITION.
-HTTP: InvalidArgument -> 422, NotFound -> 404, Conflict -> 409.
+gRPC: InvalidArgument (and wafercore's InvalidInput) -> INVALID_ARGUMENT, NotFound -> NOT_FOUND,
+Conflict -> FAILED_PRECONDITION. HTTP: InvalidArgument and InvalidInput -> 422, NotFound -> 404,
+Conflict -> 409.
 """
 
 from __future__ import annotations
+
+from wafercore.errors import InvalidInput
 
 
 class FabError(Exception):
     """Base of the service errors."""
 
 
-class InvalidArgument(FabError):
-    """A request field is invalid; nothing of the request was stored."""
+class InvalidArgument(FabError, InvalidInput):
+    """A request field is invalid; nothing of the request was stored.
+
+    A `wafercore.errors.InvalidInput` too: the transports answer both (the shared validators
+    raise the latter) the same way, naming ``field``.
+    """
 
     def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
+        InvalidInput.__init__(self, field, reason)
 
 
 class NotFound(FabError):

@@ -3,7 +3,9 @@
 Everything talks over the real interfaces: the stations POST maps to the edge nodes' HTTP API,
 each node classifies with the default model, stores the result in its outbox and streams it to
 the fab over gRPC (StreamResults, acked); lot summaries come back from the fab over gRPC
-(GetLotSummary) and the review queue over its HTTP API, as the review UI would see it.
+(GetLotSummary) and the review queue over its HTTP API, as the review UI would see it. Every
+gRPC call is authenticated as in production: each node with a token the fab issued it, the
+lot summaries with the demo engineer's API token.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 import httpx
+from pydantic import SecretStr
 
 from edge.node import EdgeNode
 from edge.replay import ReplaySummary, classify_bodies, replay
 from edge.settings import EdgeSettings
 from fab_server.app import FabServer
 from fab_server.db import migrate
+from fab_server.services import nodes as fab_nodes
 from fab_server.settings import ApiToken, FabSettings
 from wafercore.classes import CLASS_NAMES
 from wafercore.dataset import WaferDataset
@@ -80,12 +84,16 @@ async def run_demo(
     )
     migrate(fab_settings.database_url)
     fab = await FabServer(fab_settings).start()
+    assert fab.sessions is not None  # set by start()
     nodes: list[EdgeNode] = []
     try:
         for station in STATIONS:
+            # What `wafer-fab nodes add` does: the node gets a token, the fab its digest.
+            node_token = await fab_nodes.add_token(fab.sessions, node_id=station)
             settings = EdgeSettings(
                 node_id=station,
                 fab_address=f"127.0.0.1:{fab.grpc_port}",
+                node_token=SecretStr(node_token),
                 http_port=0,
                 work_dir=root / station,
                 default_model_dir=model_dir,
@@ -116,8 +124,11 @@ async def run_demo(
         seconds = time.perf_counter() - started
         async with grpc.aio.insecure_channel(f"127.0.0.1:{fab.grpc_port}") as channel:
             stub = fab_pb2_grpc.FabServiceStub(channel)
+            engineer = (("authorization", f"Bearer {token}"),)
             lot_summaries = [
-                await stub.GetLotSummary(fab_pb2.GetLotSummaryRequest(lot_id=lot), timeout=10)
+                await stub.GetLotSummary(
+                    fab_pb2.GetLotSummaryRequest(lot_id=lot), timeout=10, metadata=engineer
+                )
                 for lot in lots
             ]
         async with httpx.AsyncClient(

@@ -1,8 +1,12 @@
 """Serve an exported model with ONNX Runtime: NumPy in, class probabilities out, no PyTorch.
 
 A model directory holds ``model.onnx`` and ``model.json`` (a `ModelManifest`). For a TRM the
-graph is ONE supervision step with explicit state (``tokens, y, z -> y', z', logits, halt``), so
+graph is ONE supervision step with explicit state (``x, y, z -> y', z', logits, halt``), so
 this runtime, not the graph, decides when each wafer stops: easy wafers cost one step.
+
+The manifest declares the model's input (`wafercore.model_input.InputSpec`): `prepare` builds
+it from canonical maps exactly as training did. Models made before inputs were declared read
+the 26x26 token grid through a graph input named ``tokens``; the others read ``x``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import numpy.typing as npt
 import onnxruntime as ort  # type: ignore[import-untyped]
 
 from wafercore.classes import CLASS_NAMES, NUM_CLASSES
-from wafercore.encoding import TOKENS
+from wafercore.encoding import OUT, TOKENS
+from wafercore.model_input import TOKENS_INPUT, InputSpec, build_input
 from wafercore.review import DEFAULT_REVIEW_THRESHOLD, needs_review
 
 MODEL_FILE = "model.onnx"
@@ -36,9 +41,9 @@ ModelKind = Literal["trm", "cnn"]
 _KINDS: tuple[str, ...] = ("trm", "cnn")
 _VERSION = re.compile(r"^[a-z][a-z0-9]*-v\d+\.\d+\.\d+$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-# Graph interface per kind: (inputs, outputs), the names export writes.
-_TRM_IO = (("tokens", "y", "z"), ("y_next", "z_next", "logits", "halt"))
-_CNN_IO = (("tokens",), ("logits",))
+# Graph outputs per kind, the names export writes; the first input is the model's input.
+_TRM_OUT = ("y_next", "z_next", "logits", "halt")
+_CNN_OUT = ("logits",)
 
 
 class ModelLoadError(RuntimeError):
@@ -63,6 +68,7 @@ class ModelManifest:
         onnx_sha256: hex SHA-256 of ``model.onnx``; checked on load.
         extra: training metadata: architecture, training config, code version, data provenance.
         schema: layout version of the manifest itself.
+        input: what the model reads (absent from older manifests: the 26x26 tokens).
     """
 
     version: str
@@ -76,6 +82,12 @@ class ModelManifest:
     class_names: tuple[str, ...] = CLASS_NAMES
     extra: Mapping[str, Any] = field(default_factory=dict)
     schema: int = MANIFEST_SCHEMA
+    input: InputSpec = TOKENS_INPUT
+
+    @property
+    def input_name(self) -> str:
+        """Name of the graph's model input: ``tokens`` (legacy) or ``x``."""
+        return "tokens" if self.input.is_tokens else "x"
 
     def __post_init__(self) -> None:
         problems = []
@@ -127,6 +139,8 @@ class ModelManifest:
             "onnx_sha256": self.onnx_sha256,
             "extra": dict(self.extra),
         }
+        if not self.input.is_tokens:  # older manifests stay byte-for-byte what they were
+            data["input"] = self.input.to_json()
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
@@ -156,6 +170,7 @@ class ModelManifest:
         for key in ("halt_threshold", "temperature", "review_threshold"):
             if key in data:
                 data[key] = float(data[key])
+        data["input"] = InputSpec.from_json(data.get("input"))
         try:
             return cls(**data)
         except TypeError as exc:
@@ -258,8 +273,12 @@ class ModelRuntime:
             raise ModelLoadError(f"{onnx_path} cannot be loaded by ONNX Runtime: {exc}") from exc
         _check_interface(session, manifest)
         runtime = cls(session, manifest, chunk_size=chunk_size)
-        runtime.predict(np.full((1, TOKENS), 2, dtype=np.uint8))  # warm-up
+        runtime.predict(runtime.prepare([np.full((26, 26), OUT, dtype=np.uint8)]))  # warm-up
         return runtime
+
+    def prepare(self, maps: Sequence[npt.NDArray[np.uint8]]) -> npt.NDArray[Any]:
+        """This model's input for canonical (rows, cols) maps of any sizes (see `predict`)."""
+        return build_input(maps, self._manifest.input)
 
     @property
     def manifest(self) -> ModelManifest:
@@ -278,7 +297,7 @@ class ModelRuntime:
 
     def predict(
         self,
-        tokens: npt.ArrayLike,
+        inputs: npt.ArrayLike,
         *,
         halt_threshold: float | None = None,
         max_steps: int | None = None,
@@ -286,8 +305,9 @@ class ModelRuntime:
         """Classify wafers, each stopping at the first step whose halt probability is high.
 
         Args:
-            tokens: (B, 676) canonical die values (0 pass, 1 fail, 2 out of wafer), any
-                integer dtype.
+            inputs: what `prepare` builds: (B, 676) canonical die values (0 pass, 1 fail,
+                2 out of wafer, any integer dtype) for a token model, (B, C, S, S) fractions
+                in [0, 1] for an area model.
             halt_threshold: overrides the manifest's; 0 stops every wafer after one step, a
                 value above 1 runs every wafer to ``max_steps``.
             max_steps: at most this many steps (1..n_sup); n_sup by default.
@@ -295,7 +315,7 @@ class ModelRuntime:
         Raises:
             ValueError: bad shape or values, or ``max_steps`` out of range.
         """
-        batch = _as_tokens(tokens)
+        batch = self._as_input(inputs)
         threshold = self._manifest.halt_threshold if halt_threshold is None else halt_threshold
         limit = self.n_sup if max_steps is None else max_steps
         if not 1 <= limit <= self.n_sup:
@@ -326,7 +346,7 @@ class ModelRuntime:
         )
 
     def predict_all_steps(
-        self, tokens: npt.ArrayLike
+        self, inputs: npt.ArrayLike
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """Every supervision step for every wafer, no halting (per-step evaluation, sweeps).
 
@@ -334,7 +354,7 @@ class ModelRuntime:
             probabilities (S, B, classes) float32 and halt probabilities (S, B) float32, with
             S = n_sup (1 for a cnn, whose halt probability is 1.0).
         """
-        batch = _as_tokens(tokens)
+        batch = self._as_input(inputs)
         size, n_steps = batch.shape[0], self.n_sup
         logits = np.empty((n_steps, size, NUM_CLASSES), dtype=np.float32)
         halt = np.ones((n_steps, size), dtype=np.float32)
@@ -349,8 +369,12 @@ class ModelRuntime:
                 y, z, logits[step, part], halt[step, part] = self._run_step(chunk, y, z)
         return self._softmax(logits), halt
 
+    def _as_input(self, inputs: npt.ArrayLike) -> npt.NDArray[Any]:
+        spec = self._manifest.input
+        return _as_tokens(inputs) if spec.is_tokens else _as_area(inputs, spec)
+
     def _run_halting(
-        self, batch: npt.NDArray[np.int64], threshold: float, limit: int
+        self, batch: npt.NDArray[Any], threshold: float, limit: int
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         size = batch.shape[0]
         logits = np.empty((size, NUM_CLASSES), dtype=np.float32)
@@ -373,7 +397,7 @@ class ModelRuntime:
 
     def _run_step(
         self,
-        tokens: npt.NDArray[np.int64],
+        tokens: npt.NDArray[Any],
         y: npt.NDArray[np.float32],
         z: npt.NDArray[np.float32],
     ) -> tuple[
@@ -383,12 +407,12 @@ class ModelRuntime:
         npt.NDArray[np.float32],
     ]:
         y_next, z_next, logits, halt = self._session.run(
-            list(_TRM_IO[1]), {"tokens": tokens, "y": y, "z": z}
+            list(_TRM_OUT), {self._manifest.input_name: tokens, "y": y, "z": z}
         )
         return y_next, z_next, logits, halt
 
-    def _run_cnn(self, tokens: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
-        (logits,) = self._session.run(list(_CNN_IO[1]), {"tokens": tokens})
+    def _run_cnn(self, tokens: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+        (logits,) = self._session.run(list(_CNN_OUT), {self._manifest.input_name: tokens})
         return np.asarray(logits, dtype=np.float32)
 
     def _initial_state(self, size: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
@@ -415,10 +439,24 @@ def _as_tokens(tokens: npt.ArrayLike) -> npt.NDArray[np.int64]:
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
+def _as_area(inputs: npt.ArrayLike, spec: InputSpec) -> npt.NDArray[np.float32]:
+    arr = np.asarray(inputs)
+    if arr.ndim != 4 or arr.shape[1:] != spec.shape:
+        raise ValueError(
+            f"inputs must have shape (B, {', '.join(map(str, spec.shape))}), got {arr.shape}"
+        )
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"inputs must be fractions in [0, 1], got dtype {arr.dtype}")
+    if arr.size and not (arr.min() >= 0.0 and arr.max() <= 1.0):  # NaN fails too
+        raise ValueError("inputs must be fractions in [0, 1]")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
 def _check_interface(session: Any, manifest: ModelManifest) -> None:
     inputs = tuple(i.name for i in session.get_inputs())
     outputs = tuple(o.name for o in session.get_outputs())
-    expected = _TRM_IO if manifest.kind == "trm" else _CNN_IO
+    first = (manifest.input_name,)
+    expected = ((*first, "y", "z"), _TRM_OUT) if manifest.kind == "trm" else (first, _CNN_OUT)
     if (inputs, outputs) != expected:
         raise ModelLoadError(
             f"a {manifest.kind} graph must map {expected[0]} to {expected[1]}, "

@@ -9,9 +9,12 @@ INVALID_ARGUMENT.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic_core import PydanticCustomError
 
 from wafercore.encoding import from_wm811k
 from wafercore.errors import InvalidInput
@@ -168,3 +171,28 @@ def map_from_bytes(
         )
     grid = from_wm811k(arr) if name == WM811K else arr
     return grid.reshape(rows, cols)
+
+
+# --- The same validators as pydantic types, for the HTTP schemas of every tier -------------
+
+
+def valid_id(value: str) -> str:
+    """`check_id` for pydantic (``AfterValidator``): the reason as the error's message."""
+    problem = id_problem(value)
+    if problem is not None:
+        raise PydanticCustomError("invalid_id", problem)
+    return value
+
+
+def valid_time(value: Any) -> datetime:
+    """`check_timestamp` for pydantic (``BeforeValidator``): the reason as the error's message."""
+    try:
+        return check_timestamp(value, "time")
+    except InvalidInput as exc:
+        raise PydanticCustomError("invalid_time", exc.reason) from None
+
+
+Identifier = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS), AfterValidator(valid_id)]
+"""An id in a request body (see `id_problem`)."""
+ZonedTime = Annotated[datetime, BeforeValidator(valid_time)]
+"""A time from outside: ISO 8601 with a zone, 2000 to a day ahead (see `check_timestamp`)."""

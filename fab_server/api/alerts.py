@@ -9,6 +9,7 @@ from fab_server import domain
 from fab_server.api.auth import Principal, TokenAuth
 from fab_server.api.schemas import AlertOut
 from fab_server.services.alerts import MAX_LIST_LIMIT, acknowledge_alert, list_alerts
+from wafercore.web import error_responses
 
 # Alert ids are BIGINT: a larger id is a 422 here rather than a database error.
 AlertId = Annotated[int, Path(ge=1, le=2**63 - 1)]
@@ -16,7 +17,9 @@ AlertId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 def alerts_router(sessions: async_sessionmaker[AsyncSession], auth: TokenAuth) -> APIRouter:
     """The alert routes: acknowledging is an admin's (shift lead's) decision."""
-    router = APIRouter(prefix="/api/alerts", tags=["alerts"])
+    router = APIRouter(
+        prefix="/api/alerts", tags=["alerts"], responses=error_responses((401, 422, 503))
+    )
     Engineer = Annotated[Principal, Depends(auth.require("engineer"))]  # noqa: N806
     Admin = Annotated[Principal, Depends(auth.require("admin"))]  # noqa: N806
 
@@ -32,7 +35,7 @@ def alerts_router(sessions: async_sessionmaker[AsyncSession], auth: TokenAuth) -
         )
         return [AlertOut.from_domain(a) for a in alerts]
 
-    @router.post("/{alert_id}/ack", response_model=AlertOut)
+    @router.post("/{alert_id}/ack", response_model=AlertOut, responses=error_responses((403, 404)))
     async def ack(caller: Admin, alert_id: AlertId) -> AlertOut:
         """Acknowledge an alert: it stays listed, as acknowledged, until its condition clears."""
         alert = await acknowledge_alert(sessions, alert_id=alert_id, user=caller.user)

@@ -8,8 +8,14 @@ OpenAPI document and its ``/docs`` pages (they describe the API, hold no data). 
 admin role is needed to acknowledge alerts and for ``/api/review/admin/*`` (release or resolve
 an item someone else holds).
 
-Errors: a malformed request is 422 naming the field (pydantic's, or the service's
-InvalidArgument), NotFound is 404, Conflict 409, and a database that does not answer 503.
+Errors: every error response is `wafercore.web.ErrorResponse` (``{"detail": [{"type", "loc",
+"msg"}]}``), listed in each operation's OpenAPI responses. A malformed request is 422 naming the
+field (pydantic's, or the service's InvalidArgument), NotFound is 404, Conflict 409, a body over
+``http_max_body_bytes`` 413, a request whose headers or body arrive too slowly 408 (see
+`wafercore.web.deadline_protocol`), and a database that does not answer 503. Nothing a client
+sends produces any other 5xx.
+
+``/docs`` and ``/redoc`` are served from the server's own files: a fab is often offline.
 """
 
 from __future__ import annotations
@@ -23,36 +29,39 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fab_server.api.alerts import alerts_router
-from fab_server.api.auth import TokenAuth
+from fab_server.api.auth import BearerGate, TokenAuth
 from fab_server.api.health import health_router
 from fab_server.api.lots import lots_router
 from fab_server.api.review import review_router
-from fab_server.errors import Conflict, InvalidArgument, NotFound
+from fab_server.errors import Conflict, NotFound
 from fab_server.settings import FabSettings
+from wafercore.errors import InvalidInput
+from wafercore.web import BodyLimit, error_response, install_error_handlers, mount_docs
 
 logger = logging.getLogger(__name__)
 
 
 async def _invalid_argument(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, InvalidArgument)
-    # The same shape as FastAPI's own validation errors, so clients parse one format.
-    detail = [{"type": "invalid_argument", "loc": [exc.field], "msg": exc.reason}]
-    return JSONResponse({"detail": detail}, status.HTTP_422_UNPROCESSABLE_CONTENT)
+    assert isinstance(exc, InvalidInput)
+    return error_response(
+        status.HTTP_422_UNPROCESSABLE_CONTENT, exc.reason, kind="invalid_argument", loc=[exc.field]
+    )
 
 
 async def _not_found(_: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status.HTTP_404_NOT_FOUND)
+    return error_response(status.HTTP_404_NOT_FOUND, str(exc), loc=["path"])
 
 
 async def _conflict(_: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status.HTTP_409_CONFLICT)
+    return error_response(status.HTTP_409_CONFLICT, str(exc))
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     logger.warning("%s %s: database unavailable: %s", request.method, request.url.path, exc)
-    return JSONResponse(
-        {"detail": "the database is unavailable; retry shortly"},
+    return error_response(
         status.HTTP_503_SERVICE_UNAVAILABLE,
+        "the database is unavailable; retry shortly",
+        kind="database_unavailable",
         headers={"Retry-After": "5"},
     )
 
@@ -72,12 +81,20 @@ def create_app(settings: FabSettings, sessions: async_sessionmaker[AsyncSession]
         title="Fab server",
         summary="Review queue, lot summaries, alerts, health and metrics of one fab.",
         version="1",
+        docs_url=None,
+        redoc_url=None,
     )
+    # Added last, so it runs first: the token is checked before anything counts the body.
+    app.add_middleware(BodyLimit, max_body_bytes=settings.http_max_body_bytes)
+    app.add_middleware(BearerGate, auth=auth)
+    mount_docs(app)
+    install_error_handlers(app)
     app.include_router(health_router(sessions))
     app.include_router(review_router(settings, sessions, auth))
     app.include_router(lots_router(sessions, auth))
     app.include_router(alerts_router(sessions, auth))
-    app.add_exception_handler(InvalidArgument, _invalid_argument)
+    # InvalidInput: the shared validators' error; the services' InvalidArgument is one too.
+    app.add_exception_handler(InvalidInput, _invalid_argument)
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(Conflict, _conflict)
     for unavailable in (OperationalError, InterfaceError, PoolTimeout):

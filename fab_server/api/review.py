@@ -12,12 +12,12 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Query, Response, status
+from pydantic import AfterValidator, BeforeValidator
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fab_server import domain
 from fab_server.api.auth import Principal, TokenAuth
 from fab_server.api.schemas import (
-    NO_NUL,
     ClaimRequest,
     FlagRequest,
     ReasonName,
@@ -30,18 +30,30 @@ from fab_server.api.schemas import (
     reason_from_name,
 )
 from fab_server.services import review
-from fab_server.services.review_rules import MAX_ID_CHARS, MAX_LIST_LIMIT
+from fab_server.services.review_rules import MAX_LIST_LIMIT
 from fab_server.settings import FabSettings
+from wafercore.validation import MAX_ID_CHARS, valid_id, valid_time
+from wafercore.web import error_responses
 
-IdQuery = Annotated[str | None, Query(min_length=1, max_length=MAX_ID_CHARS, pattern=NO_NUL)]
+IdQuery = Annotated[
+    str | None, Query(min_length=1, max_length=MAX_ID_CHARS), AfterValidator(valid_id)
+]
+# ISO 8601 with a zone only: a bare number is not read as a Unix time.
+TimeQuery = Annotated[datetime | None, Query(), BeforeValidator(valid_time)]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)]
+# Error statuses beyond every route's 401, 422 and 503: of a route with a body (late, too
+# large); of a route on one item (none such, or in a state that does not allow it).
+_BODY = (408, 413)
+_ITEM = (404, 409)
 
 
 def review_router(
     settings: FabSettings, sessions: async_sessionmaker[AsyncSession], auth: TokenAuth
 ) -> APIRouter:
     """The review routes, bound to one database and token table."""
-    router = APIRouter(prefix="/api/review", tags=["review"])
+    router = APIRouter(
+        prefix="/api/review", tags=["review"], responses=error_responses((401, 422, 503))
+    )
     Engineer = Annotated[Principal, Depends(auth.require("engineer"))]  # noqa: N806
     Admin = Annotated[Principal, Depends(auth.require("admin"))]  # noqa: N806
 
@@ -72,7 +84,7 @@ def review_router(
     @router.post(
         "/claim",
         response_model=ReviewItemOut,
-        responses={204: {"description": "Nothing to claim."}},
+        responses={204: {"description": "Nothing to claim."}, **error_responses((*_BODY, 409))},
     )
     async def claim_next(
         caller: Engineer, body: Annotated[ClaimRequest | None, Body()] = None
@@ -92,7 +104,7 @@ def review_router(
             return Response(status_code=status.HTTP_204_NO_CONTENT)
         return ReviewItemOut.from_domain(item)
 
-    @router.post("/flag", response_model=ReviewItemOut)
+    @router.post("/flag", response_model=ReviewItemOut, responses=error_responses((*_BODY, 409)))
     async def flag(caller: Engineer, body: FlagRequest) -> ReviewItemOut:
         """Put a classification on the queue; the same idempotency key returns the same item."""
         item = await review.flag_for_review(
@@ -100,7 +112,9 @@ def review_router(
         )
         return ReviewItemOut.from_domain(item)
 
-    @router.get("/items/{item_id}", response_model=ReviewDetailOut)
+    @router.get(
+        "/items/{item_id}", response_model=ReviewDetailOut, responses=error_responses((404,))
+    )
     async def get_item(_: Engineer, item_id: uuid.UUID) -> ReviewDetailOut:
         """One item with its result: probabilities per class and the raw map when stored."""
         item, result = await review.get_item(sessions, item_id=str(item_id))
@@ -109,7 +123,9 @@ def review_router(
             result=ResultOut.from_domain(result) if result else None,
         )
 
-    @router.post("/items/{item_id}/claim", response_model=ReviewItemOut)
+    @router.post(
+        "/items/{item_id}/claim", response_model=ReviewItemOut, responses=error_responses(_ITEM)
+    )
     async def claim_item(caller: Engineer, item_id: uuid.UUID) -> ReviewItemOut:
         """Claim this item, or renew the caller's lease on it."""
         item = await review.claim_item(
@@ -117,13 +133,19 @@ def review_router(
         )
         return ReviewItemOut.from_domain(item)
 
-    @router.post("/items/{item_id}/release", response_model=ReviewItemOut)
+    @router.post(
+        "/items/{item_id}/release", response_model=ReviewItemOut, responses=error_responses(_ITEM)
+    )
     async def release(caller: Engineer, item_id: uuid.UUID) -> ReviewItemOut:
         """Give the caller's claim back to the queue."""
         item = await review.release(sessions, item_id=str(item_id), user=caller.user)
         return ReviewItemOut.from_domain(item)
 
-    @router.post("/items/{item_id}/resolve", response_model=ReviewItemOut)
+    @router.post(
+        "/items/{item_id}/resolve",
+        response_model=ReviewItemOut,
+        responses=error_responses((*_ITEM, *_BODY)),
+    )
     async def resolve(caller: Engineer, item_id: uuid.UUID, body: ResolveRequest) -> ReviewItemOut:
         """Record the caller's verdict on an item they hold."""
         item = await review.resolve(
@@ -131,13 +153,21 @@ def review_router(
         )
         return ReviewItemOut.from_domain(item)
 
-    @router.post("/admin/items/{item_id}/release", response_model=ReviewItemOut)
+    @router.post(
+        "/admin/items/{item_id}/release",
+        response_model=ReviewItemOut,
+        responses=error_responses((403, *_ITEM)),
+    )
     async def admin_release(caller: Admin, item_id: uuid.UUID) -> ReviewItemOut:
         """Release an item whoever holds it (admin)."""
         item = await review.release(sessions, item_id=str(item_id), user=caller.user, override=True)
         return ReviewItemOut.from_domain(item)
 
-    @router.post("/admin/items/{item_id}/resolve", response_model=ReviewItemOut)
+    @router.post(
+        "/admin/items/{item_id}/resolve",
+        response_model=ReviewItemOut,
+        responses=error_responses((403, *_ITEM, *_BODY)),
+    )
     async def admin_resolve(
         caller: Admin, item_id: uuid.UUID, body: ResolveRequest
     ) -> ReviewItemOut:
@@ -158,7 +188,7 @@ def review_router(
         node_id: IdQuery = None,
         wafer_id: IdQuery = None,
         model_version: IdQuery = None,
-        since: datetime | None = None,
+        since: TimeQuery = None,
         limit: Limit = 50,
     ) -> list[ReviewItemOut]:
         """Resolved items, newest first."""
@@ -177,8 +207,8 @@ def review_router(
     async def stats(
         _: Engineer,
         model_version: IdQuery = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        since: TimeQuery = None,
+        until: TimeQuery = None,
     ) -> list[ReviewedAccuracyOut]:
         """Reviewed accuracy per model version and predicted class over ``[since, until)``."""
         figures = await review.reviewed_accuracy(

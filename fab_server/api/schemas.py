@@ -15,15 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from fab_server import domain
 from fab_server.services.review_rules import (
     MAX_COMMENT_CHARS,
-    MAX_ID_CHARS,
     MAX_KEY_CHARS,
     MAX_SEQUENCE,
 )
 from wafercore.classes import CLASS_NAMES, NUM_CLASSES
+from wafercore.validation import Identifier
 
 # PostgreSQL refuses NUL in text: refuse it at the edge with a 422 rather than a server error.
 NO_NUL = r"^[^\x00]*$"
-Ident = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS, pattern=NO_NUL)]
+Ident = Identifier  # one id rule for every tier: wafercore.validation
 Comment = Annotated[str, StringConstraints(max_length=MAX_COMMENT_CHARS, pattern=NO_NUL)]
 ClassId = Annotated[int, Field(ge=0, le=NUM_CLASSES - 1)]
 ReasonName = Literal["low_confidence", "novelty", "manual", "canary_sample"]

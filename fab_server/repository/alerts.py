@@ -17,7 +17,15 @@ from sqlalchemy import case, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fab_server import domain
-from fab_server.models import AlertRow, EdgeMetricsRow, LabelRow, LotRow, ResultRow, utc
+from fab_server.models import (
+    AlertRow,
+    EdgeMetricsRow,
+    LabelRow,
+    LotRow,
+    ResultConflictRow,
+    ResultRow,
+    utc,
+)
 from wafercore.classes import NUM_CLASSES
 
 # Any constant works; it only has to be the same in every fab server process.
@@ -218,6 +226,18 @@ async def set_lot_excursion(
         .where(LotRow.lot_id == lot_id)
         .values(excursion=excursion, excursion_reason=reason)
     )
+
+
+async def conflict_counts(
+    session: AsyncSession, *, since: datetime, until: datetime
+) -> dict[str, int]:
+    """Results refused as conflicts per node, received in [since, until)."""
+    rows = await session.execute(
+        select(ResultConflictRow.node_id, func.count())
+        .where(ResultConflictRow.received_at >= since, ResultConflictRow.received_at < until)
+        .group_by(ResultConflictRow.node_id)
+    )
+    return {node_id: int(count) for node_id, count in rows}
 
 
 async def unresolved_alerts(session: AsyncSession) -> list[domain.Alert]:

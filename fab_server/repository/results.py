@@ -20,7 +20,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from fab_server import domain
-from fab_server.models import EdgeNodeRow, LotRow, ResultRow, WaferMapRow, utc
+from fab_server.models import (
+    EdgeNodeRow,
+    LotRow,
+    ResultConflictRow,
+    ResultRow,
+    WaferMapRow,
+    utc,
+)
 from fab_server.repository import dialect_insert, is_postgres, records_json, recordset_insert
 from wafercore.classes import NUM_CLASSES
 
@@ -41,6 +48,7 @@ _RESULT_RECORD: tuple[tuple[str, str], ...] = (
     ("review_reason", "int2"),
     ("die_yield", "float8"),
     ("classified_at", "timestamptz"),
+    ("tested_at", "timestamptz"),
 )
 _MAP_RECORD: tuple[tuple[str, str], ...] = (
     ("node_id", "text"),
@@ -87,6 +95,7 @@ def _result_row(result: domain.Result, die_yield: float | None) -> dict[str, Any
         "review_reason": int(result.review_reason),
         "die_yield": die_yield,
         "classified_at": result.classified_at,
+        "tested_at": result.tested_at,
     }
 
 
@@ -125,6 +134,50 @@ async def insert_results(
         )
         stored = await session.execute(stmt, rows)
     return {int(seq) for seq in stored.scalars()}
+
+
+async def results_by_sequence(
+    session: AsyncSession, *, node_id: str, sequences: Sequence[int]
+) -> dict[int, domain.Result]:
+    """The stored results of one node among ``sequences`` (without maps), by sequence."""
+    if not sequences:
+        return {}
+    rows = await session.scalars(
+        select(ResultRow).where(ResultRow.node_id == node_id, ResultRow.sequence.in_(sequences))
+    )
+    return {row.sequence: row.to_domain() for row in rows}
+
+
+async def insert_conflicts(
+    session: AsyncSession,
+    *,
+    conflicts: Sequence[tuple[domain.Result, str, Sequence[str], dict[str, Any]]],
+    received_at: datetime,
+) -> None:
+    """Keep refused results for inspection: (result, stored wafer id, fields differing, JSON)."""
+    session.add_all(
+        ResultConflictRow(
+            node_id=result.node_id,
+            sequence=result.sequence,
+            wafer_id=result.wafer_id,
+            stored_wafer_id=stored_wafer_id,
+            differences=list(fields),
+            incoming=incoming,
+            received_at=received_at,
+        )
+        for result, stored_wafer_id, fields, incoming in conflicts
+    )
+    await session.flush()
+
+
+async def conflicts(
+    session: AsyncSession, *, node_id: str | None = None, limit: int = 100
+) -> list[domain.ResultConflict]:
+    """The latest refused results, newest first (of one node, or of all)."""
+    stmt = select(ResultConflictRow).order_by(ResultConflictRow.id.desc()).limit(limit)
+    if node_id is not None:
+        stmt = stmt.where(ResultConflictRow.node_id == node_id)
+    return [row.to_domain() for row in await session.scalars(stmt)]
 
 
 async def insert_maps(session: AsyncSession, *, results: Sequence[domain.Result]) -> None:

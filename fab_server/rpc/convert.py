@@ -57,12 +57,9 @@ def _review_reason(value: int, field: str) -> domain.ReviewReason:
 
 
 def raw_map_from_proto(message: Any) -> domain.RawWaferMap:
-    """A contract WaferMap as the sender encoded it."""
+    """A contract WaferMap as the sender encoded it (an unknown encoding is refused later)."""
     return domain.RawWaferMap(
-        rows=message.rows,
-        cols=message.cols,
-        values=message.values,
-        wm811k=message.encoding == common_pb2.DIE_ENCODING_WM811K,
+        rows=message.rows, cols=message.cols, values=message.values, encoding=message.encoding
     )
 
 
@@ -93,6 +90,11 @@ def result_from_proto(message: Any, *, field: str) -> domain.Result:
         review_reason=_review_reason(message.review_reason, f"{field}.review_reason"),
         novelty=message.novelty_score if message.HasField("novelty_score") else None,
         wafer_map=wafer_map,
+        tested_at=(
+            to_datetime(message.tested_at, f"{field}.tested_at")
+            if message.HasField("tested_at")
+            else None
+        ),
     )
 
 
@@ -134,6 +136,8 @@ def result_to_proto(result: domain.Result) -> Any:
     )
     if result.novelty is not None:
         message.novelty_score = result.novelty
+    if result.tested_at is not None:
+        message.tested_at.CopyFrom(to_timestamp(result.tested_at))
     return message
 
 
@@ -182,8 +186,12 @@ def lot_summary_to_proto(summary: domain.LotSummary) -> Any:
     return message
 
 
-def flag_request_from_proto(request: Any) -> domain.FlagRequest:
-    """A domain FlagRequest from FlagForReviewRequest."""
+def flag_request_from_proto(request: Any, *, requested_by: str) -> domain.FlagRequest:
+    """A domain FlagRequest from FlagForReviewRequest, asked by the authenticated caller.
+
+    The message's own ``requested_by`` is ignored (the contract keeps it for compatibility):
+    anyone could write any name there.
+    """
     return domain.FlagRequest(
         idempotency_key=request.idempotency_key,
         node_id=request.node_id,
@@ -191,7 +199,7 @@ def flag_request_from_proto(request: Any) -> domain.FlagRequest:
         wafer_id=request.wafer_id,
         reason=_review_reason(request.reason, "reason"),
         comment=request.comment,
-        requested_by=request.requested_by,
+        requested_by=requested_by,
     )
 
 

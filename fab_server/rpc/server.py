@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import grpc  # type: ignore[import-untyped]
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -11,6 +13,8 @@ from fab_server.services.classify import Classifier
 from fab_server.settings import FabSettings
 from wafercore.runtime import ModelRuntime
 from waferplatform.v1 import fab_pb2_grpc  # type: ignore[import-not-found]
+
+logger = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """Largest request accepted: a full ResultBatch with maps, or 1,024 maps to classify."""
@@ -34,7 +38,9 @@ async def start_grpc_server(
     """Start serving FabService on ``settings.grpc_host:grpc_port``.
 
     TLS (mutual when ``settings.tls_client_ca`` is set) comes from `fab_server.tls`; without
-    a configured certificate the port is plaintext, for development.
+    a configured certificate the port is plaintext, for development. Every call is
+    authenticated (`fab_server.rpc.auth`); with ``settings.grpc_allow_unauthenticated`` a
+    warning is logged, since anyone who reaches the port can then write as any node.
 
     Args:
         settings: address, TLS files, limits.
@@ -46,7 +52,7 @@ async def start_grpc_server(
         (the OS's pick when ``grpc_port`` is 0).
 
     Raises:
-        ValueError: bad TLS settings.
+        ValueError: bad TLS settings or API tokens.
         RuntimeError: the address cannot be bound.
     """
     credentials = tls.server_credentials(settings)
@@ -61,4 +67,10 @@ async def start_grpc_server(
     if not port:
         raise RuntimeError(f"cannot bind the gRPC address {address}")
     await server.start()
+    if settings.grpc_allow_unauthenticated:
+        logger.warning(
+            "FAB_GRPC_ALLOW_UNAUTHENTICATED is on: gRPC calls without credentials on %s are "
+            "trusted as whichever node they name; only for a one-machine demo",
+            address,
+        )
     return server, int(port)

@@ -1,13 +1,14 @@
 """Fab alerts: small rules over database aggregates, evaluated periodically, listed, acknowledged.
 
-Thresholds come from ``settings.alerts`` (DESIGN.md §3); windows and minimum evidence are the
-module constants below. Subjects: a node id (``latency_p99``, ``review_rate``), a model version
+Thresholds come from ``settings.alerts`` (DESIGN.md §3); windows and minimum evidence are the module
+constants below. Subjects: a node id (``latency_p99``, ``review_rate``), a model version
 (``reviewed_accuracy``), ``"{model version}/{class name}"`` (``class_f1``), a lot id
-(``lot_excursion``). Latency is the wafer-weighted mean of the p99 of a node's recent metrics
-windows, so one slow window of a few wafers pages nobody while a sustained breach shows within
-minutes. The review rate also comes from the edge metrics (each window's rate weighted by its
-wafers): the edge's own count, from a small table, where counting flagged results would scan
-millions of rows a day. Accuracy and F1 come from engineers' verdicts (``labels``).
+(``lot_excursion``), a node id (``result_conflict``: results refused as conflicts). Latency is the
+wafer-weighted mean of the p99 of a node's recent metrics windows, so one slow window of a few
+wafers pages nobody while a sustained breach shows within minutes. The review rate also comes from
+the edge metrics (each window's rate weighted by its wafers): the edge's own count, from a small
+table, where counting flagged results would scan millions of rows a day. Accuracy and F1 come from
+engineers' verdicts (``labels``).
 
 Lifecycle: at most one unresolved alert per (kind, subject). Re-evaluation refreshes value,
 severity and message; an escalation (warning to critical) makes an acknowledged alert active
@@ -46,6 +47,7 @@ MIN_REVIEWED_VERDICTS = 20
 MIN_CLASS_SUPPORT = 20
 LOT_ACTIVE_WINDOW = timedelta(hours=24)
 MIN_BASELINE_LOTS = 5
+CONFLICT_WINDOW = timedelta(days=7)
 # Bounds one evaluation when a replayed backlog makes thousands of lots "recent" at once.
 MAX_ACTIVE_LOTS = 5000
 MAX_LIST_LIMIT = 1000
@@ -61,6 +63,7 @@ class AlertKind(enum.StrEnum):
     REVIEWED_ACCURACY = "reviewed_accuracy"
     CLASS_F1 = "class_f1"
     LOT_EXCURSION = "lot_excursion"
+    RESULT_CONFLICT = "result_conflict"
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,26 @@ def class_f1_findings(cells: Iterable[ConfusionCell], t: AlertThresholds) -> lis
             Finding(AlertKind.CLASS_F1, f"{version}/{name}", f1, t.class_f1_warning, message)
         )
     return out
+
+
+def conflict_findings(counts: dict[str, int]) -> list[Finding]:
+    """A critical alert per node that sent a stored sequence again with other content.
+
+    Either the node lost its outbox and reused sequences, or someone wrote as the node: both
+    mean results were refused, and an engineer must look (``result_conflicts``).
+    """
+    return [
+        Finding(
+            kind=AlertKind.RESULT_CONFLICT,
+            subject=node_id,
+            value=float(count),
+            threshold=0.0,
+            message=f"node {node_id}: {count} result(s) in {_span(CONFLICT_WINDOW)} reused a "
+            "stored sequence with other content; they were refused and kept for inspection",
+            severity=domain.AlertSeverity.CRITICAL,
+        )
+        for node_id, count in sorted(counts.items())
+    ]
 
 
 def _failing_share(counts: Sequence[int]) -> float:
@@ -367,6 +390,7 @@ async def evaluate_alerts(
             baseline_lots=t.excursion_baseline_lots,
             max_active=MAX_ACTIVE_LOTS,
         )
+        conflicts = await repo.conflict_counts(session, since=now - CONFLICT_WINDOW, until=now)
         verdicts = lot_excursions(lots, active_since=active_since, t=t)
         for verdict in verdicts:
             flag = verdict.finding is not None
@@ -381,6 +405,7 @@ async def evaluate_alerts(
             *accuracy_findings(reviews, t),
             *class_f1_findings(cells, t),
             *(v.finding for v in verdicts if v.finding is not None),
+            *conflict_findings(conflicts),
         ]
         unresolved = await repo.unresolved_alerts(session)
         evaluated_lots = {v.lot.lot_id for v in verdicts}

@@ -7,7 +7,6 @@ thread (ONNX Runtime releases the GIL) so the event loop keeps serving other cal
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,11 +16,11 @@ import numpy.typing as npt
 
 from fab_server import domain
 from fab_server.errors import Conflict, InvalidArgument
-from fab_server.services.ingest import MAX_ID_CHARS, canonical_map
 from fab_server.settings import FabSettings
-from wafercore.encoding import TOKENS
-from wafercore.preprocessing import to_grid, to_tokens
+from wafercore.errors import InvalidInput
+from wafercore.pipeline import classify_maps
 from wafercore.runtime import ModelLoadError, ModelRuntime
+from wafercore.validation import check_id, map_from_bytes
 
 FAB_NODE_ID = "fab-server"
 """``node_id`` of the classifications the fab server makes itself (they are not stored)."""
@@ -51,37 +50,31 @@ class Classifier:
         return self._runtime
 
 
-def _check_wafer(wafer: domain.WaferInput) -> domain.StoredMap:
-    """The wafer's canonical map; raises InvalidArgument naming the field within the wafer."""
-    if not wafer.wafer_id:
-        raise InvalidArgument("wafer_id", "is required")
-    if len(wafer.wafer_id) > MAX_ID_CHARS:
-        raise InvalidArgument("wafer_id", f"has {len(wafer.wafer_id)} characters")
-    if len(wafer.lot_id) > MAX_ID_CHARS:
-        raise InvalidArgument("lot_id", f"has {len(wafer.lot_id)} characters")
+def _check_wafer(wafer: domain.WaferInput) -> npt.NDArray[np.uint8]:
+    """The wafer's canonical map; raises InvalidInput naming the field within the wafer."""
+    check_id(wafer.wafer_id, "wafer_id")
+    check_id(wafer.lot_id, "lot_id")
     if wafer.wafer_map is None:
         raise InvalidArgument("wafer_map", "is required")
-    return canonical_map(wafer.wafer_map, field="wafer_map")
+    raw = wafer.wafer_map
+    return map_from_bytes(raw.rows, raw.cols, raw.values, encoding=raw.encoding, field="wafer_map")
 
 
 def _prepare(
     wafers: Sequence[domain.WaferInput],
-) -> tuple[list[domain.ClassifyOutcome], list[int], npt.NDArray[np.uint8]]:
-    """Error outcomes for invalid wafers, and the (N, 676) tokens of the valid ones."""
+) -> tuple[list[domain.ClassifyOutcome], list[int], list[npt.NDArray[np.uint8]]]:
+    """Error outcomes for invalid wafers, and the indexes and canonical maps of the valid ones."""
     outcomes = [domain.ClassifyOutcome(wafer_id=w.wafer_id) for w in wafers]
-    grids: list[npt.NDArray[np.uint8]] = []
+    maps: list[npt.NDArray[np.uint8]] = []
     valid: list[int] = []
     for i, wafer in enumerate(wafers):
         try:
-            stored = _check_wafer(wafer)
-        except InvalidArgument as exc:
+            maps.append(_check_wafer(wafer))
+        except InvalidInput as exc:
             outcomes[i] = domain.ClassifyOutcome(wafer_id=wafer.wafer_id, error=str(exc))
             continue
-        values = np.frombuffer(stored.values, dtype=np.uint8).reshape(stored.rows, stored.cols)
-        grids.append(to_grid(values))
         valid.append(i)
-    tokens = to_tokens(np.stack(grids)) if grids else np.empty((0, TOKENS), dtype=np.uint8)
-    return outcomes, valid, tokens
+    return outcomes, valid, maps
 
 
 async def classify_batch(
@@ -93,8 +86,9 @@ async def classify_batch(
 ) -> list[domain.ClassifyOutcome]:
     """Classify up to ``settings.classify_max_batch`` wafers with the fab server's model.
 
-    A wafer whose map (or id) is invalid gets an ``error`` outcome naming the field and the
-    reason; the other wafers are classified. Nothing is stored.
+    The same pipeline as the edge nodes' (`wafercore.pipeline.classify_maps`). A wafer whose
+    map (or id) is invalid gets an ``error`` outcome naming the field and the reason; the
+    other wafers are classified. Nothing is stored.
 
     Args:
         classifier: the model.
@@ -103,8 +97,8 @@ async def classify_batch(
         now: ``classified_at`` of the results (UTC); the current time by default.
 
     Returns:
-        One outcome per wafer, in input order. ``latency_ms`` is the batch's inference time
-        shared equally by its wafers.
+        One outcome per wafer, in input order. ``latency_ms`` is the batch's preprocessing and
+        inference time shared equally by its wafers.
 
     Raises:
         InvalidArgument: no wafers, or more than the limit.
@@ -116,19 +110,16 @@ async def classify_batch(
         raise InvalidArgument(
             "wafers", f"has {len(wafers)} wafers; at most {settings.classify_max_batch} per call"
         )
-    # Decoding and resizing up to 1,024 maps is CPU work: off the event loop, like inference.
-    outcomes, valid, tokens = await asyncio.to_thread(_prepare, wafers)
+    # Decoding up to 1,024 maps is CPU work: off the event loop, like inference.
+    outcomes, valid, maps = await asyncio.to_thread(_prepare, wafers)
     if not valid:
         return outcomes
     runtime = await classifier.runtime()
-    started = time.perf_counter()
-    predicted = await asyncio.to_thread(runtime.predict, tokens)
-    latency_ms = (time.perf_counter() - started) * 1000 / len(valid)
+    predictions = await asyncio.to_thread(
+        classify_maps, runtime, maps, review_threshold=settings.review_confidence_threshold
+    )
     classified_at = now or datetime.now(UTC)
-    threshold = settings.review_confidence_threshold
-    for row, i in enumerate(valid):
-        confidence = float(predicted.confidence[row])
-        flagged = confidence < threshold
+    for i, p in zip(valid, predictions, strict=True):
         outcomes[i] = domain.ClassifyOutcome(
             wafer_id=wafers[i].wafer_id,
             result=domain.Result(
@@ -136,17 +127,17 @@ async def classify_batch(
                 sequence=0,
                 wafer_id=wafers[i].wafer_id,
                 lot_id=wafers[i].lot_id,
-                model_version=runtime.version,
-                prediction=int(predicted.prediction[row]),
-                probabilities=tuple(float(p) for p in predicted.probabilities[row]),
-                confidence=confidence,
-                steps=int(predicted.steps[row]),
-                latency_ms=latency_ms,
-                flagged=flagged,
+                model_version=p.model_version,
+                prediction=p.prediction,
+                probabilities=p.probabilities,
+                confidence=p.confidence,
+                steps=p.steps,
+                latency_ms=p.latency_ms,
+                flagged=p.flagged,
                 classified_at=classified_at,
                 review_reason=(
                     domain.ReviewReason.LOW_CONFIDENCE
-                    if flagged
+                    if p.flagged
                     else domain.ReviewReason.UNSPECIFIED
                 ),
             ),

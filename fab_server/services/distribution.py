@@ -22,8 +22,9 @@ from fab_server import domain
 from fab_server.errors import Conflict, InvalidArgument, NotFound
 from fab_server.repository import distribution as repo
 from fab_server.repository.distribution import DEFAULT_NODE
-from fab_server.services.ingest import MAX_ID_CHARS, MAX_VERSION_CHARS
+from fab_server.services.ingest import MAX_VERSION_CHARS
 from fab_server.settings import FabSettings
+from wafercore.validation import MAX_ID_CHARS, check_id
 
 DEFAULT_FORMAT = "onnx"
 """Artifact format assumed when a node does not name one."""
@@ -51,10 +52,7 @@ def _check_format(artifact_format: str, field: str = "artifact_format") -> None:
 
 
 def _check_node(node_id: str, field: str = "node_id") -> None:
-    if not node_id:
-        raise InvalidArgument(field, "is required")
-    if len(node_id) > MAX_ID_CHARS:
-        raise InvalidArgument(field, f"has {len(node_id)} characters; at most {MAX_ID_CHARS}")
+    check_id(node_id, field)
 
 
 def _copy_hashed(source: Path, directory: Path) -> tuple[Path, str, int]:

@@ -1,19 +1,22 @@
-"""Storing edge nodes' results: validation, idempotent batch writes, acks.
+"""Storing edge nodes' results: validation, idempotent batch writes, conflicts, acks.
 
 A batch is all or nothing: one invalid result rejects the whole batch and nothing of it is
-stored, so an ack always covers every sequence of the batches it answers (and the contract's
-``StreamAck.rejected`` stays 0: nothing is set aside). Redelivered results (same node and
-sequence) are counted as duplicates and change nothing.
+stored, so an ack always covers every sequence of the batches it answers. Redelivered results
+(same node and sequence, same content) are counted as duplicates and change nothing. A result
+whose (node, sequence) is stored with OTHER content is a conflict: it is not applied, it is kept
+in ``result_conflicts`` for inspection, counted as ``rejected`` in the ack (resending cannot
+succeed) and raises an alert (see `fab_server.services.alerts`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
+from typing import Any
 
-import numpy as np
 from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -23,11 +26,11 @@ from fab_server.repository import results as results_repo
 from fab_server.services import review
 from fab_server.settings import FabSettings
 from wafercore.classes import NUM_CLASSES
-from wafercore.encoding import from_wm811k
-from wafercore.validation import MAX_SIDE
+from wafercore.errors import InvalidInput
+from wafercore.validation import check_id, check_time_range, id_problem, map_from_bytes
 
-MAX_ID_CHARS = 128
-"""Longest node, wafer or lot id (the columns' width)."""
+logger = logging.getLogger(__name__)
+
 MAX_VERSION_CHARS = 64
 """Longest model version."""
 MAX_SEQUENCE = 2**63 - 1
@@ -36,8 +39,22 @@ MAX_STEPS = 2**15 - 1
 """Largest step count a SMALLINT column holds."""
 PROBABILITY_SUM_TOLERANCE = 1e-3
 """How far the sum of a result's probabilities may be from 1 (float32 rounding on the edge)."""
-
-_CANONICAL = b"\x00\x01\x02"
+# What a redelivery must repeat exactly to be a duplicate rather than a conflict.
+_CONTENT_FIELDS = (
+    "wafer_id",
+    "lot_id",
+    "model_version",
+    "prediction",
+    "probabilities",
+    "confidence",
+    "steps",
+    "latency_ms",
+    "flagged",
+    "review_reason",
+    "novelty",
+    "classified_at",
+    "tested_at",
+)
 
 RESULTS_INGESTED = Counter(
     "fab_results_ingested_total", "Results stored for the first time (StreamResults)."
@@ -50,46 +67,25 @@ RESULTS_REJECTED = Counter(
 )
 
 
-def _check_grid(rows: int, cols: int, values: bytes, field: str) -> None:
-    if not 1 <= rows <= MAX_SIDE or not 1 <= cols <= MAX_SIDE:
-        raise InvalidArgument(
-            field, f"is {rows}x{cols}; rows and cols must each be in 1..{MAX_SIDE}"
-        )
-    if len(values) != rows * cols:
-        raise InvalidArgument(
-            f"{field}.values", f"has {len(values)} bytes, expected {rows * cols} ({rows}x{cols})"
-        )
-
-
-def _first_bad_byte(values: bytes) -> int | None:
-    """Index of the first byte outside {0, 1, 2}, or None (checked in C, not per die)."""
-    if not values.translate(None, _CANONICAL):
-        return None
-    return int(np.flatnonzero(np.frombuffer(values, dtype=np.uint8) > 2)[0])
+RESULTS_CONFLICTING = Counter(
+    "fab_results_conflicting_total",
+    "Results whose (node, sequence) was already stored with other content (set aside).",
+)
 
 
 def canonical_map(raw: domain.RawWaferMap, *, field: str) -> domain.StoredMap:
     """Check a map as its sender encoded it and return it in the canonical encoding.
 
     Args:
-        raw: the map; WM-811K encoded values are converted by `wafercore.encoding`.
+        raw: the map; WM-811K encoded values are converted by `wafercore.validation`.
         field: where the map is in the request (``results[3].wafer_map``), for errors.
 
     Raises:
-        InvalidArgument: a side outside 1..512, a length other than rows * cols, or a value
-            outside {0, 1, 2}.
+        InvalidInput: a side outside 1..512, a length other than rows * cols, an unknown
+            encoding or a value outside {0, 1, 2}.
     """
-    _check_grid(raw.rows, raw.cols, raw.values, field)
-    bad = _first_bad_byte(raw.values)
-    if bad is not None:
-        encoding = "0 no die, 1 pass, 2 fail" if raw.wm811k else "0 pass, 1 fail, 2 out of wafer"
-        raise InvalidArgument(
-            f"{field}.values", f"byte {bad} is {raw.values[bad]}; allowed values are {encoding}"
-        )
-    values = raw.values
-    if raw.wm811k:
-        values = from_wm811k(np.frombuffer(values, dtype=np.uint8)).tobytes()
-    return domain.StoredMap(rows=raw.rows, cols=raw.cols, values=values)
+    grid = map_from_bytes(raw.rows, raw.cols, raw.values, encoding=raw.encoding, field=field)
+    return domain.StoredMap(rows=raw.rows, cols=raw.cols, values=grid.tobytes())
 
 
 def die_yield(wafer_map: domain.StoredMap) -> float | None:
@@ -97,20 +93,6 @@ def die_yield(wafer_map: domain.StoredMap) -> float | None:
     passing, failing = wafer_map.values.count(0), wafer_map.values.count(1)
     dies = passing + failing
     return passing / dies if dies else None
-
-
-def _id_problem(value: str) -> str | None:
-    if not value:
-        return "is required"
-    if len(value) > MAX_ID_CHARS:
-        return f"has {len(value)} characters; at most {MAX_ID_CHARS}"
-    return None
-
-
-def _check_id(value: str, field: str) -> None:
-    problem = _id_problem(value)
-    if problem is not None:
-        raise InvalidArgument(field, problem)
 
 
 def _bad(index: int, name: str, reason: str) -> InvalidArgument:
@@ -136,9 +118,9 @@ def _check_probabilities(probabilities: tuple[float, ...], index: int) -> None:
 
 
 def _validate_result(result: domain.Result, index: int) -> None:
-    """Raise InvalidArgument naming ``results[index].<field>`` (names built only on failure)."""
+    """Raise InvalidInput naming ``results[index].<field>`` (names built only on failure)."""
     for name, value in (("wafer_id", result.wafer_id), ("lot_id", result.lot_id)):
-        problem = _id_problem(value)
+        problem = id_problem(value)
         if problem is not None:
             raise _bad(index, name, problem)
     if not 1 <= result.sequence <= MAX_SEQUENCE:
@@ -166,15 +148,13 @@ def _validate_result(result: domain.Result, index: int) -> None:
         raise _bad(index, "novelty_score", f"must be finite, got {result.novelty}")
     if result.classified_at.tzinfo is None:
         raise _bad(index, "classified_at", "must be timezone-aware (UTC)")
+    if result.tested_at is not None:
+        check_time_range(result.tested_at, f"results[{index}].tested_at")
     if result.wafer_map is not None:
         stored = result.wafer_map
-        field = f"results[{index}].wafer_map"
-        _check_grid(stored.rows, stored.cols, stored.values, field)
-        bad = _first_bad_byte(stored.values)
-        if bad is not None:
-            raise InvalidArgument(
-                f"{field}.values", f"byte {bad} is {stored.values[bad]}; allowed values are 0, 1, 2"
-            )
+        map_from_bytes(
+            stored.rows, stored.cols, stored.values, encoding=0, field=f"results[{index}].wafer_map"
+        )
 
 
 def validate_batch(
@@ -192,9 +172,9 @@ def validate_batch(
         The results, each with ``node_id`` set.
 
     Raises:
-        InvalidArgument: naming the first offending field (``results[3].confidence``).
+        InvalidInput: naming the first offending field (``results[3].confidence``).
     """
-    _check_id(node_id, "node_id")
+    check_id(node_id, "node_id")
     if not results:
         raise InvalidArgument("results", "is empty; a batch carries at least one result")
     if len(results) > max_batch:
@@ -253,12 +233,12 @@ async def ingest_batch(
         duplicates.
 
     Raises:
-        InvalidArgument: the batch is invalid; nothing of it was stored.
+        InvalidInput: the batch is invalid; nothing of it was stored.
     """
     now = now or datetime.now(UTC)
     try:
         batch = validate_batch(node_id, results, max_batch=settings.stream_max_batch)
-    except InvalidArgument:
+    except InvalidInput:
         RESULTS_REJECTED.inc(len(results))
         raise
     yields = [die_yield(r.wafer_map) if r.wafer_map is not None else None for r in batch]
@@ -267,6 +247,9 @@ async def ingest_batch(
             session, results=batch, die_yields=yields, received_at=now
         )
         fresh = [r for r in batch if r.sequence in stored]
+        conflicts = await _set_aside_conflicts(
+            session, [r for r in batch if r.sequence not in stored], now=now
+        )
         await results_repo.insert_maps(session, results=fresh)
         await results_repo.upsert_lots(session, spans=_lot_spans(fresh))
         acked = await results_repo.advance_node(
@@ -274,11 +257,58 @@ async def ingest_batch(
         )
         if fresh:
             await review.enqueue_from_results(session, results=fresh, settings=settings, now=now)
+    duplicates = len(batch) - len(fresh) - conflicts
     RESULTS_INGESTED.inc(len(fresh))
-    RESULTS_DUPLICATE.inc(len(batch) - len(fresh))
+    RESULTS_DUPLICATE.inc(duplicates)
+    RESULTS_CONFLICTING.inc(conflicts)
     return domain.IngestOutcome(
         node_id=node_id,
         acked_sequence=acked,
         accepted=len(fresh),
-        duplicates=len(batch) - len(fresh),
+        duplicates=duplicates,
+        rejected=conflicts,
     )
+
+
+def differences(incoming: domain.Result, stored: domain.Result) -> list[str]:
+    """The content fields in which a redelivered result differs from the stored one."""
+    return [f for f in _CONTENT_FIELDS if getattr(incoming, f) != getattr(stored, f)]
+
+
+async def _set_aside_conflicts(
+    session: AsyncSession, redelivered: Sequence[domain.Result], *, now: datetime
+) -> int:
+    """Keep the redelivered results whose content differs from what is stored; count them."""
+    if not redelivered:
+        return 0
+    stored = await results_repo.results_by_sequence(
+        session, node_id=redelivered[0].node_id, sequences=[r.sequence for r in redelivered]
+    )
+    conflicts = []
+    for result in redelivered:
+        original = stored.get(result.sequence)
+        fields = differences(result, original) if original is not None else []
+        if fields:
+            logger.error(
+                "node %s sent sequence %d again with other content (%s): kept for inspection, "
+                "the stored result is unchanged",
+                result.node_id,
+                result.sequence,
+                ", ".join(fields),
+            )
+            conflicts.append(
+                (result, original.wafer_id if original else "", fields, _as_json(result))
+            )
+    await results_repo.insert_conflicts(session, conflicts=conflicts, received_at=now)
+    return len(conflicts)
+
+
+def _as_json(result: domain.Result) -> dict[str, Any]:
+    """The refused result as JSON (its map as rows x cols only: the bytes stay out)."""
+    data = asdict(replace(result, wafer_map=None))
+    for key, value in data.items():
+        if isinstance(value, datetime):
+            data[key] = value.isoformat()
+    if result.wafer_map is not None:
+        data["wafer_map"] = {"rows": result.wafer_map.rows, "cols": result.wafer_map.cols}
+    return data

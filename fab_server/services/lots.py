@@ -5,9 +5,9 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fab_server import domain
-from fab_server.errors import InvalidArgument, NotFound
+from fab_server.errors import NotFound
 from fab_server.repository import results as results_repo
-from fab_server.services.ingest import MAX_ID_CHARS
+from wafercore.validation import check_id
 
 
 async def lot_summary(
@@ -29,10 +29,7 @@ async def lot_summary(
         InvalidArgument: empty or over-long ``lot_id``.
         NotFound: no result of the lot is stored.
     """
-    if not lot_id:
-        raise InvalidArgument("lot_id", "is required")
-    if len(lot_id) > MAX_ID_CHARS:
-        raise InvalidArgument("lot_id", f"has {len(lot_id)} characters; at most {MAX_ID_CHARS}")
+    check_id(lot_id, "lot_id")
     async with sessions() as session:
         summary = await results_repo.lot_summary(session, lot_id=lot_id)
     if summary is None:

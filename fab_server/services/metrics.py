@@ -10,8 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from fab_server import domain
 from fab_server.errors import InvalidArgument
 from fab_server.repository import metrics as metrics_repo
-from fab_server.services.ingest import MAX_ID_CHARS, MAX_SEQUENCE, MAX_VERSION_CHARS
+from fab_server.services.ingest import MAX_SEQUENCE, MAX_VERSION_CHARS
 from wafercore.classes import NUM_CLASSES
+from wafercore.validation import check_id
 
 
 def _check_non_negative(value: float, field: str) -> None:
@@ -49,10 +50,7 @@ def validate_metrics(record: domain.EdgeMetricsRecord) -> None:
     Raises:
         InvalidArgument: naming the first offending field (``latency_p99_ms``).
     """
-    if not record.node_id:
-        raise InvalidArgument("node_id", "is required")
-    if len(record.node_id) > MAX_ID_CHARS:
-        raise InvalidArgument("node_id", f"has {len(record.node_id)} characters")
+    check_id(record.node_id, "node_id")
     if record.window_start.tzinfo is None or record.window_end.tzinfo is None:
         raise InvalidArgument("window_start", "window times must be timezone-aware (UTC)")
     if record.window_end <= record.window_start:

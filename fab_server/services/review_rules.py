@@ -14,8 +14,8 @@ from fab_server import domain
 from fab_server.errors import Conflict, InvalidArgument
 from fab_server.settings import FabSettings
 from wafercore.classes import NUM_CLASSES
+from wafercore.validation import MAX_ID_CHARS, check_id
 
-MAX_ID_CHARS = 128
 MAX_KEY_CHARS = 256
 MAX_COMMENT_CHARS = 4000
 MAX_LIST_LIMIT = 500
@@ -125,8 +125,8 @@ def validate_flag(request: domain.FlagRequest) -> None:
     check_text("idempotency_key", request.idempotency_key, max_chars=MAX_KEY_CHARS)
     if request.idempotency_key.startswith(AUTO_KEY_PREFIX):
         raise InvalidArgument("idempotency_key", f"the prefix {AUTO_KEY_PREFIX!r} is reserved")
-    check_text("node_id", request.node_id, max_chars=MAX_ID_CHARS)
-    check_text("wafer_id", request.wafer_id, max_chars=MAX_ID_CHARS)
+    check_id(request.node_id, "node_id")
+    check_id(request.wafer_id, "wafer_id")
     if not 1 <= request.sequence <= MAX_SEQUENCE:
         raise InvalidArgument("sequence", f"must be in 1..{MAX_SEQUENCE}, got {request.sequence}")
     check_text("comment", request.comment, max_chars=MAX_COMMENT_CHARS, required=False)

@@ -33,6 +33,7 @@ import numpy.typing as npt
 
 from wafercore.encoding import FAIL, OUT, PASS
 from wafercore.errors import InvalidInput
+from wafercore.validation import check_map_shape
 
 FORMAT_REVISION = "SEMI G85 0703"
 """``FormatRevision`` written on every map."""
@@ -200,6 +201,9 @@ def _read_map(el: ElementTree.Element, where: str) -> G85Map:
     device, where = devices[0], f"{where}.Device"
     rows = _positive_int(device, "Rows", where)
     cols = _positive_int(device, "Columns", where)
+    # Before anything is allocated: Columns="1000000000000" must be a clear error, not a
+    # MemoryError.
+    check_map_shape(rows, cols, where)
     bin_type = (device.get("BinType") or "").lower()
     if bin_type not in {t.lower() for t in BIN_TYPES}:
         raise InvalidInput(

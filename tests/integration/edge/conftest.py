@@ -1,26 +1,28 @@
 """Edge integration fixtures: a real fab server on its own migrated PostgreSQL schema.
 
-``pg_schema`` and ``fab_settings`` come from ``tests/integration/conftest.py``. These read the
-fab's tables directly, as an auditor would, and build outbox records as the edge's classify
-service writes them.
+``pg_schema``, ``fab_settings``, ``enrol`` and ``wait_until`` come from
+``tests/integration/conftest.py``. These read the fab's tables directly, as an auditor would,
+build outbox records as the edge's classify service writes them, and give the test's node
+(`NODE`) a token the fab issued, as ``wafer-fab nodes add`` does.
 """
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+import pytest_asyncio
+from pydantic import SecretStr
 
 from edge.settings import EdgeSettings
 from waferplatform.v1 import common_pb2
 
 NODE = "edge-it-01"
-WAIT_S = 30.0
 
 
 class FabTables:
@@ -48,6 +50,13 @@ class FabTables:
     def count(self, node_id: str = NODE) -> int:
         """Results stored for the node."""
         return int(self._rows("SELECT count(*) FROM results WHERE node_id = %s", node_id)[0][0])
+
+    def tested_at(self, node_id: str = NODE) -> list[tuple[str, datetime | None]]:
+        """(wafer_id, the station's test time) of the node's results, by sequence."""
+        rows = self._rows(
+            "SELECT wafer_id, tested_at FROM results WHERE node_id = %s ORDER BY sequence", node_id
+        )
+        return [(str(w), t) for w, t in rows]
 
     def maps(self, node_id: str = NODE) -> int:
         """Wafer maps stored for the node's results."""
@@ -104,14 +113,22 @@ def results() -> Callable[..., list[bytes]]:
     return lambda count, start=0: [_record(i) for i in range(start, start + count)]
 
 
+@pytest_asyncio.fixture
+async def node_token(enrol: Callable[[str], Awaitable[str]]) -> str:
+    """The token the fab of this test issued to `NODE`."""
+    return await enrol(NODE)
+
+
 @pytest.fixture
-def edge_settings(tmp_path: Path) -> Callable[..., EdgeSettings]:
-    """``edge_settings(port, **overrides)``: a node of this test talking to 127.0.0.1:port."""
+def edge_settings(tmp_path: Path, node_token: str) -> Callable[..., EdgeSettings]:
+    """``edge_settings(port, **overrides)``: the node `NODE` of this test talking to
+    127.0.0.1:port with its token."""
 
     def make(port: int, **overrides: Any) -> EdgeSettings:
         values: dict[str, Any] = {
             "node_id": NODE,
             "fab_address": f"127.0.0.1:{port}",
+            "node_token": SecretStr(node_token),
             "work_dir": tmp_path / "edge",
             "outbox_sync": "normal",
             "uplink_batch": 200,
@@ -122,19 +139,3 @@ def edge_settings(tmp_path: Path) -> Callable[..., EdgeSettings]:
         return EdgeSettings(**values)
 
     return make
-
-
-@pytest.fixture
-def wait_until() -> Callable[..., Awaitable[None]]:
-    """``await wait_until(condition, what)``: poll a condition on state owned by another
-    process or a database (nothing to await there), failing after ``WAIT_S``."""
-
-    async def wait(condition: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not condition():
-            if loop.time() > deadline:
-                pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-            await asyncio.sleep(0.02)
-
-    return wait

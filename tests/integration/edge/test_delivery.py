@@ -29,6 +29,7 @@ from edge.uplink import Uplink
 from fab_server import app as fab_app
 from fab_server.app import FabServer
 from fab_server.certs import make_dev_certs
+from fab_server.services import nodes
 from fab_server.settings import FabSettings
 from waferplatform.v1 import common_pb2
 
@@ -130,6 +131,8 @@ def _edge_process(settings: EdgeSettings) -> subprocess.Popen[bytes]:
         EDGE_UPLINK_BATCH=str(settings.uplink_batch),
         EDGE_UPLINK_BACKOFF_INITIAL_S=str(settings.uplink_backoff_initial_s),
         EDGE_UPLINK_BACKOFF_MAX_S=str(settings.uplink_backoff_max_s),
+        # The token travels as in production: in the environment, not on the command line.
+        EDGE_NODE_TOKEN=settings.node_token.get_secret_value() if settings.node_token else "",
     )
     return subprocess.Popen([sys.executable, "-c", EDGE_PROCESS], env=env, cwd=REPO)
 
@@ -238,8 +241,17 @@ async def test_the_uplink_delivers_over_mutual_tls_and_a_node_without_a_certific
     server = await FabServer(secure).start()
     try:
         client = pki.clients[node]
+        assert server.sessions is not None
+        # mTLS: the certificate is the node's credential (enrolled as `nodes add --certificate`).
+        await nodes.add_certificate(
+            server.sessions, node_id=node, cert_pem=client.cert.read_bytes()
+        )
         settings = edge_settings(
-            server.grpc_port, tls_ca=pki.ca.cert, tls_cert=client.cert, tls_key=client.key
+            server.grpc_port,
+            tls_ca=pki.ca.cert,
+            tls_cert=client.cert,
+            tls_key=client.key,
+            node_token=None,  # the certificate alone says who the node is
         )
         no_cert = edge_settings(server.grpc_port, tls_ca=pki.ca.cert, work_dir=tmp_path / "other")
         for node_settings, expect_delivery in ((no_cert, False), (settings, True)):

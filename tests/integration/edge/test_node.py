@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import httpx
 import numpy as np
 import pytest
 import pytest_asyncio
+from pydantic import SecretStr
 
 from edge.node import EdgeNode
 from edge.settings import EdgeSettings
@@ -32,6 +34,7 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[3]
 DEFAULT = REPO / "models" / "trm-v1.0.0"
 WaitUntil = Callable[..., Awaitable[None]]
+Enrol = Callable[[str], Awaitable[str]]
 
 
 @pytest_asyncio.fixture
@@ -57,12 +60,17 @@ def _wafers(count: int, seed: int) -> list[dict[str, Any]]:
 
 
 async def _classify_everything(http: httpx.AsyncClient) -> int:
-    """Single, batch and G85 requests; returns how many wafers were classified."""
-    for body in _wafers(4, seed=1):
-        answer = await http.post("/classify", json=body)
-        assert answer.status_code == 200, answer.text
+    """Single, batch and G85 requests, and station retries of some of them (which store
+    nothing new); returns how many wafers were classified."""
+    singles = _wafers(4, seed=1)
+    answers = [await http.post("/classify", json=body) for body in singles]
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    retry = await http.post("/classify", json=singles[0])  # the station lost the response
+    assert retry.status_code == 200 and retry.json() == answers[0].json()
     batch = await http.post("/classify/batch", json={"wafers": _wafers(3, seed=2)})
     assert batch.status_code == 200, batch.text
+    batch_retry = await http.post("/classify/batch", json={"wafers": _wafers(3, seed=2)})
+    assert batch_retry.json() == batch.json()
     dataset = generate_dataset(1, np.random.default_rng(3))
     document = write_g85([G85Map(f"G85-{i}", "LOT-G85", "P", dataset.map(i)) for i in range(2)])
     g85 = await http.post("/classify/g85", content=document.encode())
@@ -72,10 +80,11 @@ async def _classify_everything(http: httpx.AsyncClient) -> int:
 
 @pytest.mark.asyncio
 async def test_a_node_process_delivers_what_it_classifies_to_the_fab(
-    fab: FabServer, fab_tables: Any, tmp_path: Path, wait_until: WaitUntil
+    fab: FabServer, fab_tables: Any, tmp_path: Path, wait_until: WaitUntil, enrol: Enrol
 ) -> None:
     env = {
         **os.environ,
+        "EDGE_NODE_TOKEN": await enrol("edge-proc-01"),
         "EDGE_WORK_DIR": str(tmp_path / "edge"),
         "EDGE_OUTBOX_SYNC": "normal",
         "EDGE_DEFAULT_MODEL_DIR": str(DEFAULT),
@@ -112,6 +121,10 @@ async def test_a_node_process_delivers_what_it_classifies_to_the_fab(
         await wait_until(drained, "the node's outbox to drain")
         sequences = fab_tables.sequences("edge-proc-01")
         assert sequences == sorted(set(sequences))  # each once
+        stamps = dict(fab_tables.tested_at("edge-proc-01"))
+        assert len(stamps) == classified  # retries stored nothing: one result per wafer
+        assert stamps["WF-1-0"] == datetime(2025, 8, 31, 10, 42, 15, tzinfo=UTC)
+        assert stamps["G85-0"] is None  # a G85 document without a time
         assert fab_tables.maps("edge-proc-01") == classified
         await wait_until(
             lambda: (
@@ -131,11 +144,12 @@ async def test_a_node_process_delivers_what_it_classifies_to_the_fab(
 
 @pytest.mark.asyncio
 async def test_the_composed_node_runs_uplink_metrics_push_and_ota(
-    fab: FabServer, fab_tables: Any, tmp_path: Path, wait_until: WaitUntil
+    fab: FabServer, fab_tables: Any, tmp_path: Path, wait_until: WaitUntil, enrol: Enrol
 ) -> None:
     settings = EdgeSettings(
         node_id="edge-inproc-01",
         fab_address=f"127.0.0.1:{fab.grpc_port}",
+        node_token=SecretStr(await enrol("edge-inproc-01")),
         http_port=0,
         work_dir=tmp_path / "edge",
         default_model_dir=DEFAULT,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import pytest_asyncio
 from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 
 from cloud.signing import generate_keypair, load_private_key, package_model, sign_file
 from edge.artifact import GOLDEN_FILE, GoldenSet, unpack_artifact, write_artifact
-from edge.fab_client import open_channel
+from edge.fab_client import bearer_interceptors, open_channel
 from edge.model_store import ModelStore
 from edge.ota import OtaAgent, OtaStatus
 from edge.settings import EdgeSettings
@@ -171,14 +172,19 @@ class BreakFirstDownload(grpc.aio.UnaryStreamClientInterceptor):
 
 @pytest_asyncio.fixture
 async def setup(
-    fab_settings: FabSettings, artifacts: Artifacts, tmp_path: Path
+    fab_settings: FabSettings,
+    artifacts: Artifacts,
+    tmp_path: Path,
+    enrol: Callable[[str], Awaitable[str]],
 ) -> AsyncIterator[Setup]:
-    """A real fab server (conftest's ``fab_settings``: a fresh PostgreSQL schema) and a node."""
+    """A real fab server (conftest's ``fab_settings``: a fresh PostgreSQL schema) and a node
+    with the token the fab issued it."""
     settings_64k = fab_settings.model_copy(update={"download_chunk_bytes": CHUNK})
     fab = await FabServer(settings_64k).start()
     settings = EdgeSettings(
         node_id=NODE,
         fab_address=f"127.0.0.1:{fab.grpc_port}",
+        node_token=SecretStr(await enrol(NODE)),
         work_dir=tmp_path / "edge",
         default_model_dir=MODEL_DIR,
         trusted_keys_dir=artifacts.trusted,
@@ -216,8 +222,10 @@ async def test_a_download_broken_midway_resumes_from_its_offset(
     setup: Setup, artifacts: Artifacts
 ) -> None:
     interceptor = BreakFirstDownload()
+    assert setup.settings.node_token is not None
+    token = bearer_interceptors(setup.settings.node_token.get_secret_value())
     async with grpc.aio.insecure_channel(
-        setup.settings.fab_address, interceptors=[interceptor]
+        setup.settings.fab_address, interceptors=[*token, interceptor]
     ) as channel:
         agent = OtaAgent(
             setup.settings, setup.store, channel, registry=setup.registry, retry_delay_s=0.0

@@ -18,7 +18,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.mark.asyncio
-async def test_server_serves_grpc_and_http_then_stops(fab_settings: FabSettings) -> None:
+async def test_server_serves_grpc_and_http_then_stops(
+    fab_settings: FabSettings, engineer_token: str
+) -> None:
     server = await FabServer(fab_settings).start()
     try:
         assert server.grpc_port > 0 and server.http_port > 0
@@ -28,8 +30,13 @@ async def test_server_serves_grpc_and_http_then_stops(fab_settings: FabSettings)
             assert (await http.get("/api/alerts")).status_code == 401
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
             stub = fab_pb2_grpc.FabServiceStub(channel)
+            request = fab_pb2.GetLotSummaryRequest(lot_id="LOT-NONE")
+            with pytest.raises(grpc.aio.AioRpcError) as anonymous:
+                await stub.GetLotSummary(request)
+            assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
             with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stub.GetLotSummary(fab_pb2.GetLotSummaryRequest(lot_id="LOT-NONE"))
+                engineer = (("authorization", f"Bearer {engineer_token}"),)
+                await stub.GetLotSummary(request, metadata=engineer)
             assert err.value.code() == grpc.StatusCode.NOT_FOUND
     finally:
         await server.stop()

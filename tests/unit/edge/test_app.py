@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 from collections.abc import AsyncIterator, Iterator
@@ -37,6 +38,7 @@ BODY: dict[str, Any] = {
     "timestamp": "2025-08-31T10:42:15Z",
 }
 JSON = {"content-type": "application/json"}
+_WAFER_NUMBERS = itertools.count()
 RESPONSE_FIELDS = {
     "wafer_id",
     "prediction",
@@ -154,12 +156,50 @@ async def test_classify_answers_the_brief_fields_and_stores_the_result(
 
 
 @pytest.mark.asyncio
+async def test_a_station_retry_returns_the_stored_answer_and_stores_nothing(
+    client: httpx.AsyncClient, node: Node
+) -> None:
+    first = await client.post("/classify", json=BODY)
+    # Same wafer and test time: a retry (lost response, station restart), even in a batch.
+    again = await client.post("/classify", json=BODY)
+    batch = await client.post("/classify/batch", json={"wafers": [BODY, BODY]})
+    assert first.status_code == again.status_code == batch.status_code == 200
+    assert again.json() == first.json()
+    assert batch.json()["results"] == [first.json(), first.json()]
+    (stored,) = node.stored()
+    assert stored.tested_at.ToJsonString() == "2025-08-31T10:42:15Z"
+    assert stored.HasField("wafer_map")
+
+
+@pytest.mark.asyncio
+async def test_a_retest_at_a_later_time_and_a_new_wafer_are_new_results(
+    client: httpx.AsyncClient, node: Node
+) -> None:
+    retest = {**BODY, "timestamp": "2025-08-31T12:42:15+02:00"}  # 10:42:15Z: the same test
+    later = {**BODY, "timestamp": "2025-08-31T10:42:16Z"}
+    other = {**BODY, "wafer_id": "WF-2024-0831-1043"}
+    for body in (BODY, retest, later, other):
+        assert (await client.post("/classify", json=body)).status_code == 200
+    stored = node.stored()
+    assert [(r.wafer_id, r.tested_at.ToJsonString()) for r in stored] == [
+        (BODY["wafer_id"], "2025-08-31T10:42:15Z"),
+        (BODY["wafer_id"], "2025-08-31T10:42:16Z"),
+        (other["wafer_id"], "2025-08-31T10:42:15Z"),
+    ]
+
+
+@pytest.mark.asyncio
 async def test_a_wm811k_map_is_converted_and_classified_like_its_canonical_twin(
     client: httpx.AsyncClient, node: Node
 ) -> None:
     wafer = generate_dataset(1, np.random.default_rng(3)).map(0)
     canonical = await client.post("/classify", json={**BODY, "wafer_map": wafer.tolist()})
-    raw = {**BODY, "wafer_map": to_wm811k(wafer).tolist(), "encoding": "wm811k"}
+    raw = {
+        **BODY,
+        "wafer_map": to_wm811k(wafer).tolist(),
+        "encoding": "wm811k",
+        "timestamp": "2025-08-31T10:43:00Z",  # a retest: a retry would return the first answer
+    }
     converted = await client.post("/classify", json=raw)
     assert canonical.status_code == converted.status_code == 200
     assert converted.json()["class_probabilities"] == canonical.json()["class_probabilities"]
@@ -185,8 +225,11 @@ async def test_a_wm811k_map_is_converted_and_classified_like_its_canonical_twin(
         ({"lot_id": "   "}, "lot_id", "blank"),
         ({"wafer_id": "W\x00"}, "wafer_id", "control characters"),
         ({"lot_id": "L" * 129}, "lot_id", "at most 128"),
-        ({"timestamp": "2025-08-31T10:42:15"}, "timestamp", "timezone"),
-        ({"timestamp": "last tuesday"}, "timestamp", "datetime"),
+        ({"timestamp": "2025-08-31T10:42:15"}, "timestamp", "no time zone"),
+        ({"timestamp": "last tuesday"}, "timestamp", "ISO 8601"),
+        ({"timestamp": 0}, "timestamp", "not a number"),
+        ({"timestamp": "1970-01-01T00:00:00Z"}, "timestamp", "before 2000"),
+        ({"timestamp": "2999-01-01T00:00:00+02:00"}, "timestamp", "ahead"),
         ({"encoding": "ascii"}, "encoding", "'canonical' or 'wm811k'"),
         ({"wafermap": MAP}, "wafermap", "Extra inputs"),
     ],
@@ -303,7 +346,12 @@ def test_every_valid_map_of_any_size_is_classified_and_stored(
     node: Node, grid: list[list[int]], wm811k: bool
 ) -> None:
     before = node.outbox.depth()
-    body = {**BODY, "wafer_map": grid, "encoding": "wm811k" if wm811k else "canonical"}
+    body = {
+        **BODY,
+        "wafer_id": f"WF-{next(_WAFER_NUMBERS)}",  # a new wafer each time, not a retry
+        "wafer_map": grid,
+        "encoding": "wm811k" if wm811k else "canonical",
+    }
     answer = _run(node, lambda http: http.post("/classify", json=body))
     assert answer.status_code == 200, answer.text
     assert sum(answer.json()["class_probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
@@ -326,7 +374,9 @@ async def test_a_body_over_the_limit_is_413_with_or_without_content_length(
 
     chunked = await client.post("/classify", content=chunks(), headers=headers)
     assert chunked.status_code == 413
-    assert "1,048,576" in chunked.json()["detail"]
+    [problem] = chunked.json()["detail"]
+    assert problem["type"] == "content_too_large" and problem["loc"] == ["body"]
+    assert "1,048,576" in problem["msg"]
     assert node.outbox.depth() == 0
     metrics = (await client.get("/metrics")).text
     assert 'edge_requests_rejected_total{status="413"} 2.0' in metrics
@@ -386,7 +436,7 @@ async def test_g85_documents_are_classified_map_by_map(
             "Map[0].Device.LotId",
         ),
         (write_g85([G85Map("", "L", "P", np.zeros((3, 3), dtype=np.uint8))]), "Map[0].WaferId"),
-        (write_g85([G85Map("W", "L", "P", np.zeros((1, 600), dtype=np.uint8))]), "Map[0].Data"),
+        (write_g85([G85Map("W", "L", "P", np.zeros((1, 600), dtype=np.uint8))]), "Map[0].Device"),
     ],
 )
 async def test_bad_g85_documents_are_422(
@@ -442,6 +492,7 @@ async def test_operations_routes(client: httpx.AsyncClient, node: Node) -> None:
     model = (await client.get("/model")).json()
     assert model["version"] == "trm-v1.0.0"
     assert model["previous_version"] is None
+    assert "path" not in model  # the node's file layout is nobody's business
     assert model["review_threshold"] == 0.6
     assert model["manifest"]["kind"] == "trm" and model["manifest"]["n_sup"] == 3
     assert model["manifest"]["class_names"] == list(CLASS_NAMES)
@@ -457,3 +508,22 @@ async def test_operations_routes(client: httpx.AsyncClient, node: Node) -> None:
     request = schema["components"]["schemas"]["ClassifyRequest"]
     assert set(request["required"]) == {"wafer_id", "lot_id", "wafer_map", "timestamp"}
     assert "application/xml" in schema["paths"]["/classify/g85"]["post"]["requestBody"]["content"]
+
+
+@pytest.mark.asyncio
+async def test_a_g85_retry_with_the_station_time_returns_the_stored_answers(
+    client: httpx.AsyncClient, node: Node
+) -> None:
+    dataset = generate_dataset(1, np.random.default_rng(5))
+    document = write_g85([G85Map(f"G-{i}", "LOT-G", "P", dataset.map(i)) for i in range(2)])
+    url = "/classify/g85?timestamp=2025-08-31T10:42:15%2B02:00"
+    first = await client.post(url, content=document.encode())
+    again = await client.post(url, content=document.encode())
+    assert first.status_code == again.status_code == 200, first.text
+    assert again.json() == first.json()
+    stored = node.stored()
+    assert [r.tested_at.ToJsonString() for r in stored] == ["2025-08-31T08:42:15Z"] * 2
+    untimed = await client.post("/classify/g85", content=document.encode())
+    assert untimed.status_code == 200 and len(node.stored()) == 4  # no time: no retry key
+    loc, msg = _detail(await client.post("/classify/g85?timestamp=0", content=document.encode()))
+    assert loc == ["query", "timestamp"] and msg.startswith("must be an ISO 8601")

@@ -19,6 +19,7 @@ from edge.cli import main
 from edge.replay import classify_bodies
 from edge.schemas import ClassifyRequest
 from wafercore.readers.npz import read_npz, write_npz
+from wafercore.shipped import DEFAULT_MODEL_VERSION
 from wafercore.synthetic import generate_dataset
 
 DEFAULT = Path(__file__).resolve().parents[3] / "models" / "trm-v1.0.0"
@@ -47,21 +48,30 @@ class Served:
         return body
 
 
-def _serve(work: Path) -> Served:
+def _serve(
+    work: Path,
+    *,
+    model: Path | None = DEFAULT,
+    cwd: Path | None = None,
+    version: str = "trm-v1.0.0",
+) -> Served:
     """Start ``wafer-edge serve`` on a free port; flags override the EDGE_* environment."""
     env = {
         **os.environ,
         "EDGE_WORK_DIR": str(work),
         "EDGE_OUTBOX_SYNC": "normal",
         "EDGE_NODE_ID": "from-env",
-        "EDGE_DEFAULT_MODEL_DIR": str(DEFAULT),
     }
+    env.pop("EDGE_DEFAULT_MODEL_DIR", None)
+    if model is not None:
+        env["EDGE_DEFAULT_MODEL_DIR"] = str(model)
     command = [sys.executable, "-c", "from edge.cli import main; main()", "serve"]
     log = work / "serve.log"  # a file, not a pipe nobody drains
     with log.open("w") as err:  # the child keeps its own copy of the descriptor
         process = subprocess.Popen(
             [*command, "--port", "0", "--node-id", "cli-node"],
             env=env,
+            cwd=cwd,
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
@@ -71,7 +81,7 @@ def _serve(work: Path) -> Served:
     if not line:
         process.kill()
         pytest.fail(f"wafer-edge serve did not start: {log.read_text()}")
-    assert "serving model trm-v1.0.0 on http://127.0.0.1:" in line
+    assert f"serving model {version} on http://127.0.0.1:" in line
     return Served(process, line.rsplit(" ", 1)[1].strip())
 
 
@@ -80,6 +90,19 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     node = _serve(tmp_path_factory.mktemp("edge"))
     yield node
     node.close()
+
+
+def test_serve_finds_the_shipped_default_model_from_any_folder(tmp_path: Path) -> None:
+    # No --model-dir, no EDGE_DEFAULT_MODEL_DIR, and a working directory far from the
+    # repository: the default model comes from the installed package.
+    elsewhere = tmp_path / "somewhere" / "else"
+    elsewhere.mkdir(parents=True)
+    (tmp_path / "edge").mkdir()
+    node = _serve(tmp_path / "edge", model=None, cwd=elsewhere, version=DEFAULT_MODEL_VERSION)
+    try:
+        assert node.health()["model_version"] == DEFAULT_MODEL_VERSION
+    finally:
+        node.close()
 
 
 def test_serve_answers_with_flags_overriding_the_environment(served: Served) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.outbox import Outbox, OutboxFull, clock_first_id
+from edge.outbox import Outbox, OutboxFull, StationRequest, clock_first_id
 
 CAP = 1 << 20
 
@@ -201,4 +201,61 @@ def test_the_file_is_in_wal_mode(tmp_path: Path) -> None:
     assert os.path.exists(f"{path}-wal")
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    box.close()
+
+
+def _request(wafer: str, at: int, answer: bytes = b"answer") -> StationRequest:
+    return StationRequest(wafer_id=wafer, tested_at_us=at, answer=answer)
+
+
+def test_a_remembered_station_request_is_stored_once_and_answered(tmp_path: Path) -> None:
+    box = _open(tmp_path / "o.db", sync="normal")
+    first = box.append_many([b"r1"], requests=[_request("W", 100, b"first")])
+    # The same request again (a retry racing the first call) and twice in one call.
+    again = box.append_many(
+        [b"r2", b"r3", b"r4", b"r5"],
+        requests=[_request("W", 100), _request("W", 101), _request("W", 101), None],
+    )
+    assert again[0] == first[0] and again[1] == again[2] and again[3] > again[1] > first[0]
+    assert [m for _, m in box.pending(limit=10)] == [b"r1", b"r3", b"r5"]
+    assert box.depth() == 3
+    assert box.answers([("W", 100), ("W", 999)]) == {("W", 100): (first[0], b"first")}
+    box.ack(again[3])  # delivered to the fab: the answer is still remembered
+    assert box.answers([("W", 100)]) == {("W", 100): (first[0], b"first")}
+    box.close()
+    reopened = _open(tmp_path / "o.db", sync="normal")
+    assert reopened.answers([("W", 101)]) == {("W", 101): (again[1], b"answer")}
+    reopened.close()
+
+
+def test_station_requests_are_forgotten_after_the_retention(tmp_path: Path) -> None:
+    now = [1_000_000.0]
+    box = Outbox(
+        tmp_path / "o.db",
+        max_bytes=CAP,
+        sync="normal",
+        request_retention_s=60,
+        clock=lambda: now[0],
+    )
+    (first,) = box.append_many([b"old"], requests=[_request("W", 1)])
+    now[0] += 61
+    assert box.answers([("W", 1)]) == {}
+    (second,) = box.append_many([b"new"], requests=[_request("W", 1)])
+    assert second > first  # forgotten: the same key is a new result
+    box.close()
+
+
+def test_an_outbox_made_before_station_requests_gains_their_table(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, message BLOB NOT NULL)"
+    )
+    conn.execute("INSERT INTO outbox (message) VALUES (x'01')")
+    conn.commit()
+    conn.close()
+    box = _open(path, sync="normal")
+    assert box.depth() == 1
+    assert box.append_many([b"m"], requests=[_request("W", 5)]) == [2]
+    assert box.answers([("W", 5)]) == {("W", 5): (2, b"answer")}
     box.close()

@@ -12,6 +12,7 @@ import pytest
 
 from wafercore.classes import NUM_CLASSES
 from wafercore.encoding import TOKENS
+from wafercore.model_input import TOKENS_INPUT, InputSpec
 from wafercore.runtime import ModelRuntime
 
 N_SUP = 3
@@ -163,3 +164,46 @@ def test_bad_tokens_are_refused(runtime: ModelRuntime, bad: np.ndarray) -> None:
 def test_runtime_does_not_import_torch() -> None:
     code = "import sys, wafercore.runtime; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+AREA = InputSpec(size=16, resample="area", channels=("fail", "die"))
+
+
+@pytest.fixture(scope="module")
+def area_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch = pytest.importorskip("torch")
+    from cloud.export import export_classifier, write_model_dir
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(2, 4, 3, padding=1),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, NUM_CLASSES),
+    ).eval()
+    out = tmp_path_factory.mktemp("area")
+    export_classifier(model, out / "model.onnx", input_spec=AREA)
+    write_model_dir(out, out / "model.onnx", version="cnn-v0.0.1", kind="cnn", input_spec=AREA)
+    return out
+
+
+def test_a_model_that_declares_an_area_input_is_fed_it(area_model_dir: Path) -> None:
+    runtime = ModelRuntime.load(area_model_dir)
+    assert runtime.manifest.input == AREA
+    maps = [np.zeros((30, 40), dtype=np.uint8), np.ones((200, 7), dtype=np.uint8)]
+    inputs = runtime.prepare(maps)
+    assert inputs.shape == (2, 2, 16, 16) and inputs.dtype == np.float32
+    result = runtime.predict(inputs)
+    assert result.probabilities.shape == (2, NUM_CLASSES)
+    assert result.steps.tolist() == [1, 1]
+    with pytest.raises(ValueError, match="shape"):
+        runtime.predict(np.zeros((1, TOKENS), dtype=np.int64))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        runtime.predict(np.full((1, 2, 16, 16), 2.0, dtype=np.float32))
+
+
+def test_older_manifests_read_the_token_grid(model_dir: Path) -> None:
+    runtime = ModelRuntime.load(model_dir)
+    assert runtime.manifest.input == TOKENS_INPUT
+    assert "input" not in (model_dir / "model.json").read_text()
+    assert runtime.prepare([np.zeros((26, 26), dtype=np.uint8)]).shape == (1, TOKENS)

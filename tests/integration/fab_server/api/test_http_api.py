@@ -126,7 +126,7 @@ async def test_review_flow_claim_resolve_history_and_stats(fab: Fab) -> None:
     item = claimed.json()
     assert (item["wafer_id"], item["state"], item["claimed_by"]) == ("W3", "claimed", "ana")
     taken = await fab.http.post(f"/api/review/items/{item['id']}/claim", headers=BEN)
-    assert taken.status_code == 409 and "claimed by ana" in taken.json()["detail"]
+    assert taken.status_code == 409 and "claimed by ana" in taken.json()["detail"][0]["msg"]
 
     verdict = {"outcome": "relabelled", "true_label": 1, "comment": "centre spot"}
     url = f"/api/review/items/{item['id']}/resolve"

@@ -73,7 +73,10 @@ async def test_eight_concurrent_streams_lose_and_duplicate_nothing(
 ) -> None:
     nodes = [f"edge-{n}" for n in range(6)] + ["edge-twin", "edge-twin"]
     per_node = 10 * 40
-    streams = [_deliver(fab.stub, _batches(make_result, n, count=10, size=40)) for n in nodes]
+    stubs = [await fab.node_stub(n) for n in nodes]  # each node with its own token
+    # Built once per node: the twin's two streams carry the same results (a redelivery).
+    outboxes = {n: _batches(make_result, n, count=10, size=40) for n in set(nodes)}
+    streams = [_deliver(stub, outboxes[n]) for stub, n in zip(stubs, nodes, strict=True)]
     results = await asyncio.gather(*streams)
 
     for acks in results:
@@ -90,7 +93,7 @@ async def test_eight_concurrent_streams_lose_and_duplicate_nothing(
     ]
     assert sql("SELECT DISTINCT acked_sequence FROM edge_nodes") == [(per_node,)]
     lots = [
-        await fab.stub.GetLotSummary(fab_pb2.GetLotSummaryRequest(lot_id=f"LOT-{k}"))
+        await fab.engineer.GetLotSummary(fab_pb2.GetLotSummaryRequest(lot_id=f"LOT-{k}"))
         for k in range(3)
     ]
     assert sum(lot.total_wafers for lot in lots) == distinct * per_node
@@ -118,9 +121,8 @@ async def test_a_server_stopped_mid_stream_loses_nothing_when_the_node_resends(
     engine = make_async_engine(fab.settings.database_url, fab.settings.db_schema)
     server, port = await start_grpc_server(fab.settings, session_factory(engine), None)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            unacked = [b for b in outbox if b.results[-1].sequence > acked]
-            acks = await _deliver(fab_pb2_grpc.FabServiceStub(channel), unacked)
+        unacked = [b for b in outbox if b.results[-1].sequence > acked]
+        acks = await _deliver(fab.stub_with(await fab.token_of("edge-1"), port), unacked)
     finally:
         await server.stop(grace=None)
         await engine.dispose()

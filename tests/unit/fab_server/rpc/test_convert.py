@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from fab_server import domain
-from fab_server.errors import InvalidArgument
 from fab_server.rpc import convert
+from wafercore.errors import InvalidInput
 from waferplatform.v1 import common_pb2, fab_pb2
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, 250_000, tzinfo=UTC)
@@ -74,29 +74,49 @@ def test_maps_are_made_canonical_and_bad_ones_named() -> None:
     result = convert.result_from_proto(message, field="results[2]")
     assert result.wafer_map == domain.StoredMap(rows=1, cols=3, values=b"\x02\x00\x01")
     message.wafer_map.values = b"\x00\x01"
-    with pytest.raises(InvalidArgument) as caught:
+    with pytest.raises(InvalidInput) as caught:
         convert.result_from_proto(message, field="results[2]")
     assert caught.value.field == "results[2].wafer_map.values"
+    message.wafer_map.values = b"\x00\x01\x02"
+    message.wafer_map.encoding = 99  # proto3 enums are open: an unknown number arrives as is
+    with pytest.raises(InvalidInput) as encoding:
+        convert.result_from_proto(message, field="results[2]")
+    assert encoding.value.field == "results[2].wafer_map.encoding"
+
+
+def test_the_station_time_travels_and_is_absent_when_unset() -> None:
+    message = _classification()
+    assert convert.result_from_proto(message, field="r").tested_at is None
+    message.tested_at.CopyFrom(convert.to_timestamp(NOW - timedelta(seconds=30)))
+    result = convert.result_from_proto(message, field="r")
+    assert result.tested_at == NOW - timedelta(seconds=30)
+    assert convert.result_to_proto(result).tested_at == message.tested_at
 
 
 def test_missing_time_and_unknown_enums_are_invalid() -> None:
     message = _classification()
     message.ClearField("classified_at")
-    with pytest.raises(InvalidArgument) as no_time:
+    with pytest.raises(InvalidInput) as no_time:
         convert.result_from_proto(message, field="results[1]")
     assert no_time.value.field == "results[1].classified_at"
-    with pytest.raises(InvalidArgument) as reason:
+    with pytest.raises(InvalidInput) as reason:
         convert.result_from_proto(_classification(review_reason=99), field="results[1]")
     assert reason.value.field == "results[1].review_reason"
-    with pytest.raises(InvalidArgument) as flag_reason:
-        convert.flag_request_from_proto(fab_pb2.FlagForReviewRequest(reason=12))
+    with pytest.raises(InvalidInput) as flag_reason:
+        convert.flag_request_from_proto(fab_pb2.FlagForReviewRequest(reason=12), requested_by="a")
     assert flag_reason.value.field == "reason"
+
+
+def test_a_flag_request_records_the_caller_not_the_message() -> None:
+    message = fab_pb2.FlagForReviewRequest(node_id="edge-1", requested_by="somebody-else")
+    flag = convert.flag_request_from_proto(message, requested_by="edge-1")
+    assert flag.requested_by == "edge-1"
 
 
 def test_batch_fields_are_indexed() -> None:
     batch = fab_pb2.ResultBatch(node_id="edge-1", results=[_classification(), _classification()])
     batch.results[1].ClearField("classified_at")
-    with pytest.raises(InvalidArgument, match=r"^results\[1\]\.classified_at"):
+    with pytest.raises(InvalidInput, match=r"^results\[1\]\.classified_at"):
         convert.batch_from_proto(batch)
 
 
@@ -152,7 +172,7 @@ def test_ticket_has_a_true_label_only_when_resolved() -> None:
 
 def test_metrics_need_both_window_times() -> None:
     message = fab_pb2.EdgeMetrics(node_id="edge-1", window_start=convert.to_timestamp(NOW))
-    with pytest.raises(InvalidArgument) as caught:
+    with pytest.raises(InvalidInput) as caught:
         convert.metrics_from_proto(message)
     assert caught.value.field == "window_end"
 
@@ -196,8 +216,8 @@ def test_keep_answers_the_installed_version_and_chunks_carry_the_digest_first() 
 def test_timestamps_convert_exactly_and_bad_ones_are_invalid() -> None:
     for value in (NOW, datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, tzinfo=UTC)):
         assert convert.to_datetime(convert.to_timestamp(value), "t") == value
-    with pytest.raises(InvalidArgument) as nanos:
+    with pytest.raises(InvalidInput) as nanos:
         convert.to_datetime(Timestamp(seconds=0, nanos=-1), "results[0].classified_at")
     assert nanos.value.field == "results[0].classified_at"
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(InvalidInput):
         convert.to_datetime(Timestamp(seconds=10**12), "t")

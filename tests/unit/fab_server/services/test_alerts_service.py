@@ -17,7 +17,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from fab_server import domain
 from fab_server.db import make_async_engine, migrate, session_factory
 from fab_server.errors import InvalidArgument, NotFound
-from fab_server.models import AlertRow, EdgeMetricsRow, LabelRow, LotRow, ResultRow, ReviewItemRow
+from fab_server.models import (
+    AlertRow,
+    EdgeMetricsRow,
+    LabelRow,
+    LotRow,
+    ResultConflictRow,
+    ResultRow,
+    ReviewItemRow,
+)
 from fab_server.services import alerts
 from fab_server.settings import FabSettings
 
@@ -226,6 +234,31 @@ async def test_accuracy_review_rate_and_f1_alerts_from_stored_aggregates(
     assert (accuracy.value, accuracy.severity) == (0.75, domain.AlertSeverity.CRITICAL)
     assert found["review_rate", "edge-03"].value == pytest.approx(0.4)
     assert found["class_f1", "trm-v1.1.0/None"].value == 0.0
+
+
+@pytest.mark.asyncio
+async def test_a_result_conflict_raises_a_critical_alert_for_its_node_for_a_week(
+    sessions: async_sessionmaker[AsyncSession], settings: FabSettings
+) -> None:
+    conflict = ResultConflictRow(
+        node_id="edge-7",
+        sequence=42,
+        wafer_id="FORGED",
+        stored_wafer_id="W42",
+        differences=["wafer_id"],
+        incoming={"wafer_id": "FORGED"},
+        received_at=NOW - timedelta(hours=1),
+    )
+    await _add(sessions, [conflict])
+    (alert,) = await alerts.evaluate_alerts(sessions, settings=settings, now=NOW)
+    assert (alert.kind, alert.subject, alert.severity) == (
+        "result_conflict",
+        "edge-7",
+        domain.AlertSeverity.CRITICAL,
+    )
+    assert alert.value == 1.0 and "kept for inspection" in alert.message
+    later = NOW + alerts.CONFLICT_WINDOW
+    assert await alerts.evaluate_alerts(sessions, settings=settings, now=later) == []
 
 
 @pytest.mark.asyncio

@@ -12,6 +12,7 @@ from fab_server.errors import Conflict, InvalidArgument
 from fab_server.services import classify
 from fab_server.settings import FabSettings
 from wafercore.encoding import to_wm811k
+from wafercore.pipeline import classify_maps
 
 SETTINGS = FabSettings(classify_max_batch=8)
 
@@ -43,14 +44,26 @@ async def test_good_wafers_are_classified_and_bad_maps_get_an_error(
         domain.WaferInput("W1", "LOT-1", _canonical(ring)),
         domain.WaferInput("W2", "LOT-1", domain.RawWaferMap(26, 26, bytes(675))),
         domain.WaferInput(
-            "W3", "LOT-1", domain.RawWaferMap(40, 40, to_wm811k(ring).tobytes(), wm811k=True)
+            "W3", "LOT-1", domain.RawWaferMap(40, 40, to_wm811k(ring).tobytes(), encoding=1)
         ),
         domain.WaferInput("W4", "LOT-1", None),
         domain.WaferInput("", "LOT-1", _canonical(ring)),
+        domain.WaferInput("W\x00", "LOT-1", _canonical(ring)),
+        domain.WaferInput("W7", "LOT-1", domain.RawWaferMap(40, 40, ring.tobytes(), encoding=99)),
     ]
     outcomes = await classify.classify_batch(classifier, wafers=wafers, settings=SETTINGS)
-    assert [o.wafer_id for o in outcomes] == ["W1", "W2", "W3", "W4", ""]
-    first, bad_size, wm811k, no_map, no_id = outcomes
+    assert [o.wafer_id for o in outcomes] == ["W1", "W2", "W3", "W4", "", "W\x00", "W7"]
+    first, bad_size, wm811k, no_map, no_id, nul, encoding = outcomes
+    assert nul.error == "wafer_id: must not contain control characters"
+    assert encoding.error.startswith("wafer_map.encoding: 99 is not a known encoding")
+    # The edge's pipeline, on the same map, gives the same answer and the same flag.
+    runtime = await classifier.runtime()
+    (edge_answer,) = classify_maps(
+        runtime, [ring], review_threshold=SETTINGS.review_confidence_threshold
+    )
+    assert first.result is not None
+    assert first.result.probabilities == edge_answer.probabilities
+    assert first.result.flagged == edge_answer.flagged
     assert first.result is not None and first.error == ""
     result = first.result
     assert result.model_version == SETTINGS.model_dir.name  # the default model
@@ -67,7 +80,7 @@ async def test_good_wafers_are_classified_and_bad_maps_get_an_error(
     assert bad_size.result is None
     assert bad_size.error == "wafer_map.values: has 675 bytes, expected 676 (26x26)"
     assert no_map.error == "wafer_map: is required"
-    assert no_id.error == "wafer_id: is required"
+    assert no_id.error == "wafer_id: must not be blank"
 
 
 @pytest.mark.asyncio

@@ -12,10 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fab_server import domain
 from fab_server.db import make_async_engine, migrate, session_factory
-from fab_server.errors import Conflict, InvalidArgument, NotFound
+from fab_server.errors import Conflict, NotFound
 from fab_server.models import EdgeNodeRow
 from fab_server.services import distribution
 from fab_server.settings import FabSettings
+from wafercore.errors import InvalidInput
 
 Sessions = async_sessionmaker[AsyncSession]
 SIGNATURE = bytes(range(64))
@@ -79,10 +80,10 @@ async def test_register_rejects_bad_input(
     sessions: Sessions, settings: FabSettings, tmp_path: Path
 ) -> None:
     source = _file(tmp_path, "model.onnx", b"x")
-    with pytest.raises(InvalidArgument) as version:
+    with pytest.raises(InvalidInput) as version:
         await _register(sessions, settings, source, "v2")
     assert version.value.field == "version"
-    with pytest.raises(InvalidArgument) as signature:
+    with pytest.raises(InvalidInput) as signature:
         await distribution.register_artifact(
             sessions,
             version="trm-v2.0.0",
@@ -147,7 +148,7 @@ async def test_unknown_versions_and_formats(
         )
     with pytest.raises(NotFound):
         await distribution.find_artifact(sessions, version="trm-v2.0.1", artifact_format="onnx")
-    with pytest.raises(InvalidArgument) as node:
+    with pytest.raises(InvalidInput) as node:
         await distribution.get_assignment(
             sessions, node_id="", installed_version="", previous_version="", artifact_format=""
         )
@@ -169,6 +170,6 @@ async def test_chunks_reassemble_and_resume(
         c async for c in distribution.read_chunks(artifact, offset=len(data), chunk_bytes=1024)
     ]
     assert at_end == [(len(data), b"")]
-    with pytest.raises(InvalidArgument) as beyond:
+    with pytest.raises(InvalidInput) as beyond:
         _ = [c async for c in distribution.read_chunks(artifact, offset=9999, chunk_bytes=1024)]
     assert beyond.value.field == "offset"

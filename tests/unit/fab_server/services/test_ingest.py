@@ -16,10 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fab_server import domain
 from fab_server.db import make_async_engine, migrate, session_factory
-from fab_server.errors import InvalidArgument
 from fab_server.models import EdgeNodeRow, LotRow, ResultRow, ReviewItemRow, WaferMapRow
+from fab_server.repository import results as results_repo
 from fab_server.services import ingest
 from fab_server.settings import FabSettings
+from wafercore.errors import InvalidInput
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SETTINGS = FabSettings(stream_max_batch=50)
@@ -81,6 +82,9 @@ async def _count(sessions: Sessions, table: Any) -> int:
         (1, {"novelty": float("inf")}, "results[1].novelty_score"),
         (1, {"classified_at": datetime(2026, 3, 1)}, "results[1].classified_at"),
         (1, {"sequence": 1}, "results[1].sequence"),  # not above results[0]'s
+        (1, {"wafer_id": "W\x00"}, "results[1].wafer_id"),  # PostgreSQL: INTERNAL before
+        (1, {"lot_id": "LOT\x1b[2J"}, "results[1].lot_id"),  # a terminal escape
+        (1, {"tested_at": datetime(1970, 1, 1, tzinfo=UTC)}, "results[1].tested_at"),
         (
             1,
             {"wafer_map": domain.StoredMap(rows=2, cols=2, values=b"\x00\x01\x02")},
@@ -103,19 +107,19 @@ def test_an_invalid_result_is_named_by_its_field(
 ) -> None:
     batch = [_result(1), _result(2), _result(3)]
     batch[index] = dataclasses.replace(batch[index], **changes)
-    with pytest.raises(InvalidArgument) as caught:
+    with pytest.raises(InvalidInput) as caught:
         ingest.validate_batch("edge-1", batch, max_batch=10)
     assert caught.value.field == field
 
 
 def test_batch_level_errors_name_node_id_and_results() -> None:
-    with pytest.raises(InvalidArgument) as empty_node:
+    with pytest.raises(InvalidInput) as empty_node:
         ingest.validate_batch("", [_result(1)], max_batch=10)
     assert empty_node.value.field == "node_id"
-    with pytest.raises(InvalidArgument) as empty:
+    with pytest.raises(InvalidInput) as empty:
         ingest.validate_batch("edge-1", [], max_batch=10)
     assert empty.value.field == "results"
-    with pytest.raises(InvalidArgument) as too_many:
+    with pytest.raises(InvalidInput) as too_many:
         ingest.validate_batch("edge-1", [_result(s) for s in range(1, 12)], max_batch=10)
     assert too_many.value.field == "results"
     assert "at most 10" in too_many.value.reason
@@ -128,17 +132,23 @@ def test_a_result_without_node_id_takes_the_batchs() -> None:
 
 def test_canonical_map_converts_wm811k_and_names_bad_bytes() -> None:
     # WM-811K: 0 no die, 1 pass, 2 fail -> canonical 2 out, 0 pass, 1 fail.
-    raw = domain.RawWaferMap(rows=1, cols=3, values=b"\x00\x01\x02", wm811k=True)
+    raw = domain.RawWaferMap(rows=1, cols=3, values=b"\x00\x01\x02", encoding=1)
     assert ingest.canonical_map(raw, field="m").values == b"\x02\x00\x01"
     canonical = domain.RawWaferMap(rows=1, cols=3, values=b"\x00\x01\x02")
     assert ingest.canonical_map(canonical, field="m").values == b"\x00\x01\x02"
-    with pytest.raises(InvalidArgument) as bad_value:
+    with pytest.raises(InvalidInput) as bad_value:
         ingest.canonical_map(domain.RawWaferMap(1, 3, b"\x00\x07\x01"), field="m")
     assert bad_value.value.field == "m.values"
     assert "byte 1 is 7" in bad_value.value.reason
-    with pytest.raises(InvalidArgument) as bad_size:
+    with pytest.raises(InvalidInput) as bad_size:
         ingest.canonical_map(domain.RawWaferMap(26, 26, bytes(675)), field="m")
     assert "has 675 bytes, expected 676" in bad_size.value.reason
+
+
+def test_canonical_map_refuses_an_unknown_encoding() -> None:
+    with pytest.raises(InvalidInput) as unknown:
+        ingest.canonical_map(domain.RawWaferMap(1, 3, b"\x00\x01\x02", encoding=99), field="m")
+    assert unknown.value.field == "m.encoding"
 
 
 def test_die_yield_is_passing_over_passing_and_failing_dies() -> None:
@@ -210,7 +220,7 @@ async def test_a_resent_batch_counts_duplicates_and_stores_nothing_new(sessions:
 async def test_an_invalid_batch_stores_nothing(sessions: Sessions) -> None:
     rejected = _counter("fab_results_rejected_total")
     batch = [_result(1), _result(2), _result(3, confidence=1.7)]
-    with pytest.raises(InvalidArgument, match=r"results\[2\]\.confidence"):
+    with pytest.raises(InvalidInput, match=r"results\[2\]\.confidence"):
         await ingest.ingest_batch(sessions, node_id="edge-1", results=batch, settings=SETTINGS)
     for table in (ResultRow, LotRow, EdgeNodeRow):
         assert await _count(sessions, table) == 0
@@ -220,6 +230,49 @@ async def test_an_invalid_batch_stores_nothing(sessions: Sessions) -> None:
 @pytest.mark.asyncio
 async def test_results_above_the_batch_limit_are_rejected(sessions: Sessions) -> None:
     batch = [_result(s) for s in range(1, SETTINGS.stream_max_batch + 2)]
-    with pytest.raises(InvalidArgument, match="at most 50"):
+    with pytest.raises(InvalidInput, match="at most 50"):
         await ingest.ingest_batch(sessions, node_id="edge-1", results=batch, settings=SETTINGS)
     assert await _count(sessions, ResultRow) == 0
+
+
+@pytest.mark.asyncio
+async def test_the_station_time_is_stored_beside_the_classification_time(
+    sessions: Sessions,
+) -> None:
+    tested = NOW - timedelta(minutes=3)
+    batch = [_result(1, tested_at=tested), _result(2)]
+    await ingest.ingest_batch(sessions, node_id="edge-1", results=batch, settings=SETTINGS)
+    async with sessions() as session:
+        rows = (await session.scalars(select(ResultRow).order_by(ResultRow.sequence))).all()
+        stored = [row.to_domain() for row in rows]
+    assert [(r.tested_at, r.classified_at) for r in stored] == [
+        (tested, NOW + timedelta(seconds=1)),
+        (None, NOW + timedelta(seconds=2)),
+    ]
+
+
+@pytest.mark.asyncio
+async def test_a_sequence_resent_with_other_content_is_a_conflict_kept_aside(
+    sessions: Sessions,
+) -> None:
+    conflicting = _counter("fab_results_conflicting_total")
+    await ingest.ingest_batch(
+        sessions, node_id="edge-1", results=[_result(1), _result(2)], settings=SETTINGS
+    )
+    # Sequence 2 again with another wafer and prediction (a forged or confused sender), and a
+    # faithful redelivery of sequence 1.
+    forged = _result(2, wafer_id="FORGED", prediction=0)
+    outcome = await ingest.ingest_batch(
+        sessions, node_id="edge-1", results=[_result(1), forged, _result(3)], settings=SETTINGS
+    )
+    assert (outcome.accepted, outcome.duplicates, outcome.rejected) == (1, 1, 1)
+    assert outcome.acked_sequence == 3  # resending it cannot succeed: acked, not retried
+    async with sessions() as session:
+        stored = await session.scalar(select(ResultRow.wafer_id).where(ResultRow.sequence == 2))
+        conflicts = await results_repo.conflicts(session, node_id="edge-1")
+    assert stored == "W2"  # the stored result is unchanged
+    (conflict,) = conflicts
+    assert (conflict.sequence, conflict.wafer_id, conflict.stored_wafer_id) == (2, "FORGED", "W2")
+    assert conflict.differences == ("wafer_id", "prediction")
+    assert conflict.incoming["prediction"] == 0
+    assert _counter("fab_results_conflicting_total") - conflicting == 1

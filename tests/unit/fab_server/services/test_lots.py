@@ -15,10 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fab_server import domain
 from fab_server.db import make_async_engine, migrate, session_factory
-from fab_server.errors import InvalidArgument, NotFound
+from fab_server.errors import NotFound
 from fab_server.models import LotRow
 from fab_server.services import ingest, lots
 from fab_server.settings import FabSettings
+from wafercore.errors import InvalidInput
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 Sessions = async_sessionmaker[AsyncSession]
@@ -111,6 +112,6 @@ async def test_ties_go_to_the_lower_class_and_excursion_comes_from_the_lot(
 async def test_unknown_and_invalid_lots(sessions: Sessions) -> None:
     with pytest.raises(NotFound):
         await lots.lot_summary(sessions, lot_id="LOT-404")
-    with pytest.raises(InvalidArgument) as empty:
+    with pytest.raises(InvalidInput) as empty:
         await lots.lot_summary(sessions, lot_id="")
     assert empty.value.field == "lot_id"

@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fab_server import domain
 from fab_server.db import make_async_engine, migrate, session_factory
-from fab_server.errors import InvalidArgument
 from fab_server.services import metrics
+from wafercore.errors import InvalidInput
 
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 Sessions = async_sessionmaker[AsyncSession]
@@ -77,6 +77,6 @@ async def test_a_window_is_stored_once(sessions: Sessions) -> None:
     ],
 )
 def test_an_invalid_window_names_the_field(changes: dict[str, Any], field: str) -> None:
-    with pytest.raises(InvalidArgument) as caught:
+    with pytest.raises(InvalidInput) as caught:
         metrics.validate_metrics(_window(**changes))
     assert caught.value.field == field

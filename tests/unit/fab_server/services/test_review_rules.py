@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from fab_server import domain
-from fab_server.errors import Conflict, InvalidArgument
+from fab_server.errors import Conflict
 from fab_server.services import review_rules as rules
 from fab_server.settings import FabSettings
+from wafercore.errors import InvalidInput
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SETTINGS = FabSettings(review_confidence_threshold=0.6, review_novelty_threshold=0.5)
@@ -136,7 +137,7 @@ def _flag(**changes: object) -> domain.FlagRequest:
     ],
 )
 def test_flag_validation_names_the_field(changes: dict[str, object], field: str) -> None:
-    with pytest.raises(InvalidArgument) as raised:
+    with pytest.raises(InvalidInput) as raised:
         rules.validate_flag(_flag(**changes))
     assert raised.value.field == field
 
@@ -173,7 +174,7 @@ def test_confirming_records_the_prediction_as_the_label() -> None:
 def test_invalid_verdicts_name_the_field(
     resolution: domain.Resolution, item_changes: dict[str, object], field: str
 ) -> None:
-    with pytest.raises(InvalidArgument) as raised:
+    with pytest.raises(InvalidInput) as raised:
         rules.checked_resolution(resolution, _item(**item_changes))
     assert raised.value.field == field
 

@@ -174,6 +174,18 @@ def test_malformed_input_names_the_field(doc: str, field: str) -> None:
     assert info.value.reason
 
 
+@pytest.mark.parametrize(
+    "size", ['Rows="1" Columns="1000000000000"', 'Rows="513" Columns="1"', 'Rows="1" Columns="513"']
+)
+def test_a_declared_size_beyond_512_is_refused_before_anything_is_allocated(size: str) -> None:
+    # One row of a trillion columns used to be allocated first: a MemoryError, an HTTP 500.
+    doc = _device(f'{size} BinType="Decimal" NullBin="255"', body="<Data><Row>1</Row></Data>")
+    with pytest.raises(InvalidInput) as info:
+        read_g85(doc)
+    assert info.value.field == "Map[0].Device"
+    assert "1..512" in info.value.reason
+
+
 def test_bin_listed_twice_is_rejected() -> None:
     doc = _device().replace(
         '<Bin BinCode="2"', '<Bin BinCode="001" BinQuality="Fail"/><Bin BinCode="2"'

@@ -1,0 +1,57 @@
+"""The one classify pipeline and the review decision, on the shipped model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from wafercore.pipeline import classify_maps
+from wafercore.preprocessing import to_grid, to_tokens
+from wafercore.review import DEFAULT_REVIEW_THRESHOLD, needs_review
+from wafercore.runtime import ModelRuntime
+from wafercore.shipped import shipped_model_dir
+from wafercore.synthetic import generate_dataset
+
+
+@pytest.fixture(scope="module")
+def runtime() -> ModelRuntime:
+    return ModelRuntime.load(shipped_model_dir("trm-v1.0.0"))
+
+
+def _maps(count: int) -> list[np.ndarray]:
+    dataset = generate_dataset(1, np.random.default_rng(11))
+    return [dataset.map(i % len(dataset)) for i in range(count)]
+
+
+def test_maps_of_any_size_are_classified_in_order_like_the_runtime_would(
+    runtime: ModelRuntime,
+) -> None:
+    maps = [*_maps(3), np.full((300, 7), 1, dtype=np.uint8)]
+    predictions = classify_maps(runtime, maps)
+    direct = runtime.predict(to_tokens(np.stack([to_grid(m) for m in maps])))
+    assert [p.prediction for p in predictions] == direct.prediction.tolist()
+    assert [p.steps for p in predictions] == direct.steps.tolist()
+    for p, row in zip(predictions, direct.probabilities, strict=True):
+        assert p.probabilities == pytest.approx(row.tolist())
+        assert p.confidence == max(p.probabilities)
+        assert p.model_version == "trm-v1.0.0"
+        assert p.latency_ms > 0
+        assert p.flagged == (p.confidence < DEFAULT_REVIEW_THRESHOLD)
+
+
+def test_the_review_threshold_decides_the_flag(runtime: ModelRuntime) -> None:
+    maps = _maps(6)
+    assert all(p.flagged for p in classify_maps(runtime, maps, review_threshold=1.01))
+    assert not any(p.flagged for p in classify_maps(runtime, maps, review_threshold=0.0))
+
+
+def test_needs_review_on_scalars_and_arrays() -> None:
+    assert needs_review(0.59) and not needs_review(0.6)
+    assert needs_review(np.array([0.1, 0.9]), 0.5).tolist() == [True, False]
+
+
+def test_model_input_and_an_empty_call() -> None:
+    maps = _maps(2)
+    assert ModelRuntime.load(shipped_model_dir("trm-v1.0.0")).prepare(maps).shape == (2, 676)
+    with pytest.raises(ValueError, match="at least one map"):
+        classify_maps(ModelRuntime.load(shipped_model_dir("trm-v1.0.0")), [])

@@ -1,0 +1,81 @@
+"""The one classify pipeline: canonical maps -> the model's input -> prediction -> review flag.
+
+The edge node (``/classify``) and the fab server (``ClassifyBatch``) both call `classify_maps`,
+so a map gets the same answer, and the same review flag for the same threshold, on either tier.
+Maps come in already validated (`wafercore.preprocessing.validate_map` for JSON rows,
+`wafercore.validation.map_from_bytes` for the contract's bytes).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from wafercore.review import DEFAULT_REVIEW_THRESHOLD, needs_review
+from wafercore.runtime import ModelRuntime
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One wafer's classification.
+
+    Attributes:
+        prediction: class id.
+        confidence: probability of the prediction.
+        probabilities: per class id (9 entries summing to 1).
+        steps: supervision steps taken before halting (1 for a single-pass model).
+        latency_ms: the call's preprocessing and inference time, shared equally by its wafers.
+        model_version: the model that produced it.
+        flagged: confidence below the review threshold (`wafercore.review.needs_review`).
+    """
+
+    prediction: int
+    confidence: float
+    probabilities: tuple[float, ...]
+    steps: int
+    latency_ms: float
+    model_version: str
+    flagged: bool
+
+
+def classify_maps(
+    runtime: ModelRuntime,
+    maps: Sequence[npt.NDArray[np.uint8]],
+    *,
+    review_threshold: float = DEFAULT_REVIEW_THRESHOLD,
+) -> list[Prediction]:
+    """Classify canonical maps with one model; each wafer halts on its own.
+
+    Args:
+        runtime: the loaded model.
+        maps: 1 or more canonical (rows, cols) uint8 maps (0 pass, 1 fail, 2 out of wafer).
+        review_threshold: results with a lower confidence are flagged for review.
+
+    Returns:
+        One prediction per map, in order.
+
+    Raises:
+        ValueError: no maps.
+    """
+    if not maps:
+        raise ValueError("classify_maps needs at least one map")
+    started = time.perf_counter()
+    predicted = runtime.predict(runtime.prepare(maps))  # the input the model declares
+    latency_ms = (time.perf_counter() - started) * 1000 / len(maps)
+    flagged = needs_review(predicted.confidence, review_threshold)
+    return [
+        Prediction(
+            prediction=int(predicted.prediction[row]),
+            confidence=float(predicted.confidence[row]),
+            probabilities=tuple(float(p) for p in predicted.probabilities[row]),
+            steps=int(predicted.steps[row]),
+            latency_ms=latency_ms,
+            model_version=runtime.version,
+            flagged=bool(flagged[row]),
+        )
+        for row in range(len(maps))
+    ]
