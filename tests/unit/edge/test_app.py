@@ -437,6 +437,12 @@ async def test_g85_documents_are_classified_map_by_map(
         ),
         (write_g85([G85Map("", "L", "P", np.zeros((3, 3), dtype=np.uint8))]), "Map[0].WaferId"),
         (write_g85([G85Map("W", "L", "P", np.zeros((1, 600), dtype=np.uint8))]), "Map[0].Device"),
+        (  # a trillion columns declared: refused before anything is allocated (it was a 500)
+            '<Maps><Map WaferId="W"><Device LotId="L" Rows="1" Columns="1000000000000" '
+            'BinType="Decimal" NullBin="255"><Bin BinCode="1" BinQuality="Pass"/>'
+            "<Data><Row>1</Row></Data></Device></Map></Maps>",
+            "Map[0].Device",
+        ),
     ],
 )
 async def test_bad_g85_documents_are_422(

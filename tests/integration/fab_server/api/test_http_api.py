@@ -246,6 +246,15 @@ async def test_flag_over_http_is_idempotent_and_attributed(fab: Fab) -> None:
         ),
         ("POST", "/api/review/items/{id}/resolve", None, ["body"]),
         ("GET", f"/api/lots/{'L' * 129}", None, ["path", "lot_id"]),
+        ("GET", "/api/lots/LOT%00-1", None, ["path", "lot_id"]),  # PostgreSQL refuses NUL
+        ("GET", "/api/review/items?node_id=edge%1B%5B2J", None, ["query", "node_id"]),
+        ("GET", "/api/review/stats?since=0", None, ["query", "since"]),  # not a Unix time
+        (
+            "POST",
+            "/api/review/flag",
+            {"idempotency_key": "k", "node_id": "e", "sequence": 1, "wafer_id": "w\u0000"},
+            ["body", "wafer_id"],
+        ),
         ("GET", "/api/alerts?limit=0", None, ["query", "limit"]),
         ("GET", "/api/alerts?state=sleeping", None, ["query", "state"]),
         ("POST", f"/api/alerts/{2**63}/ack", None, ["path", "alert_id"]),

@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from fab_server.db import make_async_engine, session_factory
 from fab_server.rpc.server import start_grpc_server
@@ -147,6 +148,15 @@ async def test_a_server_stopped_mid_stream_loses_nothing_when_the_node_resends(
             {"wafer_map": common_pb2.WaferMap(rows=26, cols=26, values=bytes(675))},
             "results[2].wafer_map.values",
         ),
+        # PostgreSQL refuses NUL in text: it was INTERNAL, which an uplink retries forever.
+        (1, {"wafer_id": "WF\x00-1"}, "results[1].wafer_id"),
+        (3, {"lot_id": "LOT\x1b]0;pwned\x07"}, "results[3].lot_id"),  # a terminal escape
+        (
+            0,
+            {"wafer_map": common_pb2.WaferMap(rows=1, cols=3, values=b"\x00\x01\x02", encoding=99)},
+            "results[0].wafer_map.encoding",
+        ),
+        (2, {"tested_at": Timestamp(seconds=0)}, "results[2].tested_at"),  # "timestamp": 0
     ],
 )
 @pytest.mark.asyncio
@@ -155,8 +165,8 @@ async def test_a_batch_with_one_invalid_result_is_rejected_whole(
 ) -> None:
     good, bad = _batches(make_result, "edge-1", count=2, size=5)
     for name, value in change.items():
-        if name == "wafer_map":
-            bad.results[index].wafer_map.CopyFrom(value)
+        if name in ("wafer_map", "tested_at"):
+            getattr(bad.results[index], name).CopyFrom(value)
         elif name == "class_probabilities":
             bad.results[index].ClearField(name)
             bad.results[index].class_probabilities.extend(value)
