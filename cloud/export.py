@@ -173,10 +173,11 @@ def export_classifier_dir(
     temperature: float = 1.0,
     review_threshold: float = DEFAULT_REVIEW_THRESHOLD,
     extra: Mapping[str, Any] | None = None,
+    input_spec: InputSpec = TOKENS_INPUT,
 ) -> ModelManifest:
     """Export a single-pass classifier into a model directory (kind ``cnn``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    export_classifier(model, out_dir / MODEL_FILE)
+    export_classifier(model, out_dir / MODEL_FILE, input_spec)
     return write_model_dir(
         out_dir,
         out_dir / MODEL_FILE,
@@ -186,6 +187,7 @@ def export_classifier_dir(
         temperature=temperature,
         review_threshold=review_threshold,
         extra=extra,
+        input_spec=input_spec,
     )
 
 

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge.artifact import GOLDEN_FILE, SIGNATURE_SUFFIX, GoldenSet, write_artifact
 from edge.signature import KEY_ID, PUBLIC_KEY_SUFFIX
 from wafercore.classes import NUM_CLASSES, DefectClass
+from wafercore.encoding import GRID
 from wafercore.preprocessing import preprocess
 from wafercore.runtime import MANIFEST_FILE, MODEL_FILE, ModelRuntime
 from wafercore.synthetic import generate_map
@@ -171,7 +172,9 @@ def package_model(
     key = load_private_key(private_key)
     runtime = ModelRuntime.load(model_dir)
     tokens = golden_tokens(golden)
-    golden_set = GoldenSet.from_result(tokens, runtime.predict(tokens))
+    # 26x26 canonical maps: the model builds its own input from them, as a node will.
+    maps = list(tokens.reshape(-1, GRID, GRID))
+    golden_set = GoldenSet.from_result(tokens, runtime.predict(runtime.prepare(maps)))
     out.parent.mkdir(parents=True, exist_ok=True)
     signature_path = out.with_name(out.name + SIGNATURE_SUFFIX)
     # Write both beside their final names, then rename: a reader never sees a half-written

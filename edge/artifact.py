@@ -19,16 +19,16 @@ import io
 import os
 import tarfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from wafercore.classes import NUM_CLASSES
-from wafercore.encoding import TOKENS
+from wafercore.encoding import GRID, TOKENS
 from wafercore.runtime import MANIFEST_FILE, MODEL_FILE, RuntimeResult
 
 GOLDEN_FILE = "golden.npz"
@@ -97,6 +97,10 @@ class GoldenSet:
         if problems:
             raise ArtifactError(f"{GOLDEN_FILE}: " + "; ".join(problems))
 
+    def maps(self) -> list[npt.NDArray[np.uint8]]:
+        """The golden wafers as (26, 26) canonical maps."""
+        return list(self.tokens.reshape(-1, GRID, GRID))
+
     @classmethod
     def from_result(cls, tokens: npt.NDArray[np.uint8], result: RuntimeResult) -> GoldenSet:
         """The golden set of ``tokens`` from a runtime's answer for them."""
@@ -142,7 +146,9 @@ class GoldenSet:
 
 
 class _Predictor(Protocol):
-    def predict(self, tokens: npt.ArrayLike) -> RuntimeResult: ...
+    def prepare(self, maps: Sequence[npt.NDArray[np.uint8]]) -> npt.NDArray[Any]: ...
+
+    def predict(self, inputs: npt.ArrayLike) -> RuntimeResult: ...
 
 
 def check_golden(runtime: _Predictor, golden: GoldenSet, *, atol: float = GOLDEN_ATOL) -> None:
@@ -161,7 +167,9 @@ def check_golden(runtime: _Predictor, golden: GoldenSet, *, atol: float = GOLDEN
     Raises:
         GoldenCheckError: the outputs differ, with how many wafers and by how much.
     """
-    result = runtime.predict(golden.tokens)
+    # The golden wafers are 26x26 canonical maps: each model builds its own input from them, as
+    # it does from a station's map, so the check covers the node's preprocessing too.
+    result = runtime.predict(runtime.prepare(golden.maps()))
     observed = np.asarray(result.probabilities, dtype=np.float32)
     if observed.shape != golden.probabilities.shape:
         raise GoldenCheckError(

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wafercore.encoding import FAIL, OUT, PASS, TOKENS
+from wafercore.encoding import FAIL, GRID, OUT, PASS
 from wafercore.runtime import MANIFEST_FILE, ModelLoadError, ModelManifest, ModelRuntime
 
 log = logging.getLogger(__name__)
@@ -66,9 +66,9 @@ def warm_up(runtime: ModelRuntime, predictions: int) -> None:
     """
     patterns = (PASS, FAIL, OUT)
     for i in range(predictions):
-        tokens = np.full((1, TOKENS), patterns[i % len(patterns)], dtype=np.uint8)
-        # A halt threshold above 1 never halts: every step's kernels run once.
-        runtime.predict(tokens, halt_threshold=2.0)
+        wafer = np.full((GRID, GRID), patterns[i % len(patterns)], dtype=np.uint8)
+        # A halt threshold above 1 never halts: every step's kernels run once; prepare too.
+        runtime.predict(runtime.prepare([wafer]), halt_threshold=2.0)
 
 
 class ModelStore:

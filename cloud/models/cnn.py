@@ -1,10 +1,9 @@
-"""The brief's baseline CNN (§3.3): three conv blocks, global average pooling, a linear head.
+"""A plain CNN (the brief's baseline, §3.3): conv blocks, global average pooling, a linear head.
 
-It is the "reasonable first attempt" the TRM is compared with. The brief feeds a single-channel
-map; here the canonical die values are one-hot encoded (pass, fail, out of wafer) inside the
-module, so "out of wafer" is not read as "twice a fail" and the input is the same (B, 676) int64
-tokens the TRM takes, which lets both share data loaders, export code and the runtime.
-Shapes: B batch, C channels.
+It reads either the legacy 26x26 token grid, one-hot encoded inside the module (pass, fail, out
+of wafer, so "out of wafer" is not read as "twice a fail"), or an area-resampled input of float
+channels (`wafercore.model_input`: fail fraction, fraction inside the wafer), which keeps every
+failing die of a large map. Shapes: B batch, C channels, S the input's side.
 """
 
 from __future__ import annotations
@@ -32,6 +31,8 @@ class CNNConfig:
     # variant (288.6K), the "289K" some write-ups quote for this baseline.
     convs_per_block: int = 1
     grid: int = GRID
+    # 0: the legacy (B, 676) tokens, one-hot encoded; else the channels of an area input.
+    in_channels: int = 0
 
     def __post_init__(self) -> None:
         if not self.channels or min(self.channels) < 1:
@@ -40,6 +41,8 @@ class CNNConfig:
             raise ValueError(f"convs_per_block must be at least 1, got {self.convs_per_block}")
         if self.grid < 2 ** len(self.channels):
             raise ValueError(f"a {self.grid}-cell grid cannot be pooled {len(self.channels)} times")
+        if self.in_channels < 0:
+            raise ValueError(f"in_channels must be 0 (tokens) or positive, got {self.in_channels}")
         # JSON turns tuples into lists: accept them back.
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
 
@@ -81,32 +84,36 @@ class ConvBlock(nn.Module):
 
 
 class BaselineCNN(nn.Module):
-    """Canonical tokens (B, 676) int64 → class logits (B, num_classes)."""
+    """Tokens (B, 676) int64, or an area input (B, C, S, S) float → class logits."""
 
     def __init__(self, config: CNNConfig | None = None) -> None:
         super().__init__()
         self.config = config or CNNConfig()
-        widths = (VOCAB, *self.config.channels)
+        widths = (self.config.in_channels or VOCAB, *self.config.channels)
         self.blocks = nn.Sequential(
             *(ConvBlock(a, b, self.config.convs_per_block) for a, b in pairwise(widths))
         )
         self.head = nn.Linear(widths[-1], self.config.num_classes)
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        """Logits for a batch of canonical grids.
+    def forward(self, inputs: Tensor) -> Tensor:
+        """Logits for a batch of wafers.
 
         Args:
-            tokens: (B, 676) (or (B, 26, 26)) integer die values in {0, 1, 2}.
+            inputs: (B, 676) (or (B, 26, 26)) integer die values in {0, 1, 2}, or, for an
+                area input, (B, C, S, S) fractions.
 
         Returns:
             (B, num_classes) logits.
         """
         g = self.config.grid
-        grid = tokens.reshape(tokens.shape[0], g, g).long()  # (B, 26, 26)
-        x = F.one_hot(grid, VOCAB).permute(0, 3, 1, 2)  # (B, 3, 26, 26)
-        x = x.to(self.head.weight.dtype)
-        x = self.blocks(x)  # (B, 32, 13, 13) → (B, 64, 6, 6) → (B, 128, 3, 3)
-        x = x.mean(dim=(2, 3))  # (B, 128): global average pool
+        if self.config.in_channels:
+            x = inputs.to(self.head.weight.dtype)  # (B, C, S, S)
+        else:
+            grid = inputs.reshape(inputs.shape[0], g, g).long()  # (B, 26, 26)
+            x = F.one_hot(grid, VOCAB).permute(0, 3, 1, 2)  # (B, 3, 26, 26)
+            x = x.to(self.head.weight.dtype)
+        x = self.blocks(x)  # each block halves S: (B, C_k, S / 2^k, S / 2^k)
+        x = x.mean(dim=(2, 3))  # (B, C_last): global average pool
         logits: Tensor = self.head(x)  # (B, num_classes)
         return logits
 
@@ -121,7 +128,7 @@ def flops_per_wafer(config: CNNConfig) -> int:
 
     Counts the convolutions and the head; BatchNorm, ReLU and pooling are a few percent.
     """
-    flops, side, cin = 0, config.grid, VOCAB
+    flops, side, cin = 0, config.grid, config.in_channels or VOCAB
     for cout in config.channels:
         for _ in range(config.convs_per_block):
             flops += 2 * side * side * cin * cout * 9

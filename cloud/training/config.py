@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cloud.models.trm import TRMConfig
+from wafercore.model_input import InputSpec
 
 
 class _Strict(BaseModel):
@@ -26,6 +27,27 @@ class DataConfig(_Strict):
     protocol: Literal["official", "random"] = "official"
     val_fraction: float = Field(default=0.1, gt=0, lt=0.5)
     limit: int | None = Field(default=None, description="Use at most this many rows (smoke runs).")
+
+
+class InputConfig(_Strict):
+    """What the model reads: declared in its manifest, built by `wafercore.model_input`.
+
+    The default is the legacy 26x26 nearest-neighbour token grid; ``{size: 64, resample:
+    area, channels: [fail, die]}`` is the area-resampled input that keeps every failing die.
+    """
+
+    size: int = 26
+    resample: Literal["nearest", "area"] = "nearest"
+    channels: tuple[Literal["fail", "die"], ...] = ()
+
+    @model_validator(mode="after")
+    def _valid(self) -> InputConfig:
+        self.spec()  # raises ValueError naming what is wrong
+        return self
+
+    def spec(self) -> InputSpec:
+        """The runtime's description of this input."""
+        return InputSpec(size=self.size, resample=self.resample, channels=tuple(self.channels))
 
 
 class TRMModelConfig(_Strict):
@@ -48,9 +70,10 @@ class TRMModelConfig(_Strict):
 
 
 class CNNModelConfig(_Strict):
-    """The brief's 3-block CNN."""
+    """A plain CNN: conv blocks, global average pooling, a linear head (the brief's has 3)."""
 
-    channels: tuple[int, int, int] = (32, 64, 128)
+    channels: tuple[int, ...] = Field(default=(32, 64, 128), min_length=1)
+    convs_per_block: int = Field(default=1, ge=1)
 
 
 class RulesModelConfig(_Strict):
@@ -104,6 +127,7 @@ class TrainConfig(_Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataConfig = DataConfig()
+    input: InputConfig = InputConfig()
     trm: TRMModelConfig = TRMModelConfig()
     cnn: CNNModelConfig = CNNModelConfig()
     rules: RulesModelConfig = RulesModelConfig()

@@ -1,7 +1,8 @@
 """Training data: read once, split by protocol, preprocess once and cache, sample and augment.
 
-The pipeline keeps the raw maps of the training rows in memory because size-invariance
-augmentation resamples the raw map (not the 26x26 grid) to a random resolution first.
+The pipeline keeps the raw maps in memory because size-invariance augmentation resamples the
+raw map to a random resolution first, and because a model's declared input
+(`wafercore.model_input`) is built from the raw map, as the runtime builds it on a node.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud.training.config import AugmentConfig, DataConfig, OptimConfig
-from wafercore.augmentation import augment_batch
+from wafercore.augmentation import augment, augment_batch
 from wafercore.classes import NUM_CLASSES, DefectClass
 from wafercore.dataset import UNLABELLED, WaferDataset
 from wafercore.encoding import GRID
+from wafercore.model_input import InputSpec, area_resample, build_input
 from wafercore.preprocessing import dataset_to_grids, resize_nearest, to_grid
 from wafercore.readers.npz import file_sha256, read_npz
 from wafercore.splits import TEST, official_split, stratified_split
@@ -35,14 +37,26 @@ Labels = npt.NDArray[np.int64]
 
 @dataclass
 class Part:
-    """One part of a split: 26x26 grids, labels, and the raw map shapes (for size buckets)."""
+    """One part of a split: raw maps, 26x26 grids (display, plots), labels and map shapes."""
 
+    raw: WaferDataset
     grids: Grids  # (N, 26, 26)
     labels: Labels  # (N,)
     shapes: npt.NDArray[np.int32]  # (N, 2)
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @classmethod
+    def of(cls, raw: WaferDataset) -> Part:
+        """A part holding every map of ``raw``."""
+        return cls(raw=raw, grids=dataset_to_grids(raw), labels=raw.labels, shapes=raw.shapes)
+
+    def inputs(self, spec: InputSpec, start: int, stop: int) -> npt.NDArray[Any]:
+        """The model input of rows ``start:stop``, exactly as the runtime builds it."""
+        if spec.is_tokens:  # the cached grids are those tokens
+            return self.grids[start:stop].reshape(-1, GRID * GRID)
+        return build_input([self.raw.map(i) for i in range(start, min(stop, len(self)))], spec)
 
 
 @dataclass
@@ -97,7 +111,12 @@ def prepare(config: DataConfig, data_path: Path, cache_dir: Path, seed: int) -> 
         tmp.replace(cache)  # atomic: a killed run never leaves half a cache
 
     def part(idx: npt.NDArray[np.int64]) -> Part:
-        return Part(grids=grids[idx], labels=dataset.labels[idx], shapes=dataset.shapes[idx])
+        return Part(
+            raw=dataset.subset(idx),
+            grids=grids[idx],
+            labels=dataset.labels[idx],
+            shapes=dataset.shapes[idx],
+        )
 
     provenance = {
         "path": str(data_path),
@@ -138,8 +157,7 @@ def evaluation_part(data_path: Path, protocol: str, val_fraction: float, seed: i
         ).test
     else:
         raise ValueError(f"protocol must be 'official' or 'random', got {protocol!r}")
-    sub = dataset.subset(idx)
-    return Part(grids=dataset_to_grids(sub), labels=sub.labels, shapes=sub.shapes)
+    return Part.of(dataset.subset(idx))
 
 
 def add_synthetic(raw: WaferDataset, per_class: int, rng: np.random.Generator) -> WaferDataset:
@@ -193,14 +211,24 @@ def class_weights(labels: Labels, mode: str, beta: float = 0.999) -> npt.NDArray
 
 
 class BatchSampler:
-    """Draws augmented training batches: sampling weights, resolution resampling, flips, noise."""
+    """Draws augmented training batches: sampling weights, resolution resampling, flips, noise.
+
+    Batches are the model's declared input (``spec``): (B, 676) tokens, or (B, C, S, S)
+    fractions built from each augmented raw map.
+    """
 
     def __init__(
-        self, raw: WaferDataset, optim: OptimConfig, augment: AugmentConfig, seed: int
+        self,
+        raw: WaferDataset,
+        optim: OptimConfig,
+        augment: AugmentConfig,
+        seed: int,
+        spec: InputSpec | None = None,
     ) -> None:
         self.raw = raw
         self.optim = optim
         self.augment = augment
+        self.spec = spec or InputSpec()
         self.weights = sampling_weights(
             raw.labels, raw.shapes, optim.sampling, size_balanced=optim.size_balanced
         )
@@ -214,7 +242,36 @@ class BatchSampler:
         bs = self.optim.batch_size
         return [idx[i : i + bs] for i in range(0, size - bs + 1, bs)] or [idx]
 
-    def batch(self, idx: npt.NDArray[np.int64], rng: np.random.Generator) -> tuple[Grids, Labels]:
+    def batch(
+        self, idx: npt.NDArray[np.int64], rng: np.random.Generator
+    ) -> tuple[npt.NDArray[Any], Labels]:
+        """The augmented model inputs and the labels of the rows ``idx``."""
+        if not self.spec.is_tokens:
+            return self._area_batch(idx, rng), self.raw.labels[idx]
+        grids, labels = self._grid_batch(idx, rng)
+        return grids.reshape(len(idx), -1), labels
+
+    def _area_batch(self, idx: npt.NDArray[np.int64], rng: np.random.Generator) -> npt.NDArray[Any]:
+        """Each raw map resampled to a random die pitch, rotated or flipped, then area-resampled."""
+        scale = self.augment.resolution_scale
+        factors = (
+            rng.uniform(scale[0], scale[1], size=(len(idx), 2))
+            if scale is not None
+            else np.ones((len(idx), 2))
+        )
+        out = np.empty((len(idx), *self.spec.shape), dtype=np.float32)
+        for j, i in enumerate(idx):
+            wafer = self.raw.map(int(i))
+            if scale is not None:
+                wafer = rescale(wafer, factors[j], limit=512)
+            if self.augment.flips_rotations:
+                wafer = augment(wafer, rng)
+            out[j] = area_resample(wafer[None], self.spec.size, self.spec.channels)[0]
+        return out
+
+    def _grid_batch(
+        self, idx: npt.NDArray[np.int64], rng: np.random.Generator
+    ) -> tuple[Grids, Labels]:
         """Augmented (B, 26, 26) grids and labels for the rows ``idx``."""
         scale = self.augment.resolution_scale
         if scale is None:
@@ -229,13 +286,18 @@ class BatchSampler:
         return grids, self.raw.labels[idx]
 
 
-def resample_to_grid(wafer_map: Grids, factors: npt.NDArray[np.float64]) -> Grids:
-    """Resample a raw map by (row, col) factors with nearest neighbour, then to 26x26.
+def rescale(wafer_map: Grids, factors: npt.NDArray[np.float64], *, limit: int = 256) -> Grids:
+    """Resample a raw map by (row, col) factors with nearest neighbour (8..limit per side).
 
     Emulates the same wafer tested at another die pitch: what the model sees then no longer
     tells the map's original size.
     """
     rows, cols = wafer_map.shape
-    new_rows = int(np.clip(round(rows * factors[0]), 8, 256))
-    new_cols = int(np.clip(round(cols * factors[1]), 8, 256))
-    return to_grid(resize_nearest(wafer_map, new_rows, new_cols))
+    new_rows = int(np.clip(round(rows * factors[0]), 8, limit))
+    new_cols = int(np.clip(round(cols * factors[1]), 8, limit))
+    return resize_nearest(wafer_map, new_rows, new_cols)
+
+
+def resample_to_grid(wafer_map: Grids, factors: npt.NDArray[np.float64]) -> Grids:
+    """`rescale`, then the 26x26 grid (the legacy token input)."""
+    return to_grid(rescale(wafer_map, factors))

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from cloud.evaluation.evaluate import predict_part
 from cloud.evaluation.metrics import (
     fit_temperature,
     halted_predictions,
@@ -20,6 +21,7 @@ from cloud.evaluation.metrics import (
 from cloud.export import export_classifier_dir, export_trm_dir, write_model_dir
 from cloud.models.cnn import flops_per_wafer as cnn_flops
 from cloud.models.trm import TinyRecursiveModel, count_parameters, flops_per_step
+from cloud.training.config import TrainConfig
 from cloud.training.data import Part
 from cloud.training.trainer import load_checkpoint_model
 from wafercore.runtime import MODEL_FILE, ModelRuntime
@@ -40,15 +42,15 @@ def finalize(checkpoint: Path, val: Part, out_dir: Path) -> dict[str, Any]:
         "best_epoch": meta["best_epoch"],
         "params": count_parameters(model),
     }
+    spec = TrainConfig.model_validate(meta["config"]).input.spec()
     if isinstance(model, TinyRecursiveModel):
         extra["gflops_per_step"] = flops_per_step(model.config) / 1e9
         export_trm_dir(model, out_dir, version=version, halt_threshold=1.0, extra=extra)
     else:
         extra["gflops_per_step"] = cnn_flops(model.config) / 1e9
-        export_classifier_dir(model, out_dir, version=version, extra=extra)
+        export_classifier_dir(model, out_dir, version=version, extra=extra, input_spec=spec)
     runtime = ModelRuntime.load(out_dir, threads=2)
-    tokens = val.grids.reshape(len(val), -1)
-    probs, halt = runtime.predict_all_steps(tokens)
+    probs, halt = predict_part(runtime, val)
     threshold, sweep = tune_halt_threshold(probs, halt, val.labels)
     threshold = min(threshold, 1.0)  # "never halt early" is 1.0 in a manifest
     halted, steps = halted_predictions(probs, halt, threshold)
@@ -73,6 +75,7 @@ def finalize(checkpoint: Path, val: Part, out_dir: Path) -> dict[str, Any]:
         temperature=temperature,
         review_threshold=manifest.review_threshold,
         extra={**manifest.extra, **extra},
+        input_spec=manifest.input,
     )
     log.info(
         "halt threshold %.3f (%.2f steps on val), temperature %.3f",

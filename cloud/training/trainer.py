@@ -36,6 +36,7 @@ from cloud.training.data import (
 )
 from cloud.training.losses import deep_supervision_loss
 from wafercore.classes import NUM_CLASSES
+from wafercore.model_input import InputSpec
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,22 @@ def build_model(config: TrainConfig) -> nn.Module:
     if config.kind == "trm":
         return TinyRecursiveModel(config.trm.build())
     if config.kind == "cnn":
-        return BaselineCNN(CNNConfig(channels=config.cnn.channels))
+        spec = config.input.spec()
+        return BaselineCNN(
+            CNNConfig(
+                channels=config.cnn.channels,
+                convs_per_block=config.cnn.convs_per_block,
+                grid=spec.size,
+                in_channels=0 if spec.is_tokens else len(spec.channels),
+            )
+        )
     raise ValueError(f"{config.kind!r} is not a neural model")
+
+
+def as_tensor(inputs: np.ndarray, device: torch.device) -> Tensor:
+    """A batch of model inputs on ``device``: tokens as int64, area inputs as float32."""
+    tensor = torch.from_numpy(np.ascontiguousarray(inputs))
+    return (tensor.float() if inputs.dtype.kind == "f" else tensor.long()).to(device)
 
 
 def step_outputs(model: nn.Module, tokens: Tensor) -> tuple[list[Tensor], list[Tensor] | None]:
@@ -132,14 +147,13 @@ def pick_device(name: str) -> torch.device:
 
 @torch.no_grad()
 def predict_steps(
-    model: nn.Module, part: Part, device: torch.device, batch: int = 512
+    model: nn.Module, part: Part, device: torch.device, spec: InputSpec, batch: int = 512
 ) -> np.ndarray:
     """Softmax probabilities per supervision step, (S, N, C), in eval mode."""
     model.eval()
     chunks = []
     for i in range(0, len(part), batch):
-        tokens = torch.from_numpy(part.grids[i : i + batch].reshape(-1, 676)).long().to(device)
-        logits, _ = step_outputs(model, tokens)
+        logits, _ = step_outputs(model, as_tensor(part.inputs(spec, i, i + batch), device))
         chunks.append(torch.stack([torch.softmax(s.float(), -1) for s in logits]).cpu().numpy())
     return np.concatenate(chunks, axis=1)
 
@@ -170,7 +184,8 @@ def train(
         config.augment.synthetic_per_class,
         np.random.default_rng([config.seed, SYNTHETIC_STREAM]),
     )
-    sampler = BatchSampler(train_raw, optim_cfg, config.augment, config.seed)
+    spec = config.input.spec()
+    sampler = BatchSampler(train_raw, optim_cfg, config.augment, config.seed, spec)
     steps_per_epoch = len(sampler.epoch(0, config.seed))
     total_steps = steps_per_epoch * optim_cfg.epochs
 
@@ -241,8 +256,8 @@ def train(
             batches, desc=f"epoch {epoch + 1}/{optim_cfg.epochs}", unit="batch", mininterval=10
         )
         for idx in bar:
-            grids, labels = sampler.batch(idx, rng)
-            tokens = torch.from_numpy(grids.reshape(len(idx), -1)).long().to(device)
+            inputs, labels = sampler.batch(idx, rng)
+            tokens = as_tensor(inputs, device)
             targets = torch.from_numpy(labels).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 logits, halts = step_outputs(model, tokens)
@@ -272,7 +287,7 @@ def train(
             )
             bar.set_postfix(loss=f"{parts.total.item():.3f}", acc=f"{parts.step_accuracy[-1]:.2f}")
         n = len(batches)
-        probs = predict_steps(ema.model, data.val, device)
+        probs = predict_steps(ema.model, data.val, device, spec)
         val_pred = probs[-1].argmax(-1)
         f1, acc = macro_f1(data.val.labels, val_pred), accuracy(data.val.labels, val_pred)
         record = {

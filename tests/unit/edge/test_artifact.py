@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -225,7 +225,10 @@ class _Fixed:
     def __init__(self, probabilities: npt.NDArray[np.float32]) -> None:
         self._p = probabilities
 
-    def predict(self, tokens: npt.ArrayLike) -> RuntimeResult:
+    def prepare(self, maps: Sequence[npt.NDArray[np.uint8]]) -> npt.NDArray[np.uint8]:
+        return np.stack(maps)
+
+    def predict(self, inputs: npt.ArrayLike) -> RuntimeResult:
         size = len(self._p)
         prediction = self._p.argmax(axis=1).astype(np.int64)
         return RuntimeResult(

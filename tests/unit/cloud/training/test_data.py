@@ -1,7 +1,16 @@
 import numpy as np
 
-from cloud.training.data import class_weights, resample_to_grid, sampling_weights
+from cloud.training.config import AugmentConfig, OptimConfig
+from cloud.training.data import (
+    BatchSampler,
+    Part,
+    class_weights,
+    resample_to_grid,
+    sampling_weights,
+)
 from wafercore.encoding import OUT
+from wafercore.model_input import InputSpec
+from wafercore.synthetic import generate_dataset
 
 
 def test_sampling_balances_classes_and_map_sizes() -> None:
@@ -42,3 +51,18 @@ def test_resolution_resampling_keeps_a_round_wafer_round() -> None:
         assert grid.shape == (26, 26)
         assert grid[0, 0] == OUT and grid[13, 13] == 1
         assert set(np.unique(grid)) <= {0, 1, 2}
+
+
+def test_area_batches_are_the_declared_input_of_augmented_raw_maps() -> None:
+    raw = generate_dataset(4, np.random.default_rng(0), sizes=(20, 60))
+    spec = InputSpec(size=32, resample="area", channels=("fail", "die"))
+    sampler = BatchSampler(raw, OptimConfig(batch_size=8), AugmentConfig(), 0, spec)
+    idx = sampler.epoch(0, 0)[0]
+    inputs, labels = sampler.batch(idx, np.random.default_rng(1))
+    assert inputs.shape == (8, 2, 32, 32) and inputs.dtype == np.float32
+    assert 0.0 <= inputs.min() and inputs.max() <= 1.0
+    assert labels.tolist() == raw.labels[idx].tolist()
+    # Without augmentation a batch is exactly what the runtime builds from the raw maps.
+    plain = AugmentConfig(flips_rotations=False, resolution_scale=None)
+    exact, _ = BatchSampler(raw, OptimConfig(), plain, 0, spec).batch(idx, np.random.default_rng(1))
+    assert np.array_equal(exact, Part.of(raw.subset(idx)).inputs(spec, 0, len(idx)))

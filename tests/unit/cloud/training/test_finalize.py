@@ -14,7 +14,6 @@ from cloud.training.data import Part, PreparedData
 from cloud.training.finalize import finalize
 from cloud.training.trainer import BEST, train
 from wafercore.dataset import WaferDataset
-from wafercore.preprocessing import dataset_to_grids
 from wafercore.readers.npz import write_npz
 from wafercore.runtime import ModelRuntime
 from wafercore.synthetic import generate_dataset
@@ -25,10 +24,10 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("run")
     train_raw = generate_dataset(10, np.random.default_rng(1), sizes=(20, 40))
     val_raw = generate_dataset(6, np.random.default_rng(2), sizes=(20, 40))
-    val = Part(dataset_to_grids(val_raw), val_raw.labels, val_raw.shapes)
+    val = Part.of(val_raw)
     data = PreparedData(
         train_raw=train_raw,
-        train=Part(dataset_to_grids(train_raw), train_raw.labels, train_raw.shapes),
+        train=Part.of(train_raw),
         val=val,
         test=val,
         provenance={"path": "synthetic", "sha256": "0" * 64, "protocol": "official", "seed": 0},
@@ -101,3 +100,38 @@ def test_random_protocol_evaluates_on_the_split_the_model_was_trained_with(
     assert sizes[0.1] == pytest.approx(18, abs=9)
     assert sizes[0.15] == pytest.approx(27, abs=9)
     assert sizes[0.15] > sizes[0.1]
+
+
+def test_a_cnn_on_the_area_input_trains_exports_and_serves_its_declared_input(
+    tmp_path: Path,
+) -> None:
+    train_raw = generate_dataset(6, np.random.default_rng(3), sizes=(20, 90))
+    val = Part.of(generate_dataset(3, np.random.default_rng(4), sizes=(20, 90)))
+    data = PreparedData(
+        train_raw=train_raw,
+        train=Part.of(train_raw),
+        val=val,
+        test=val,
+        provenance={"path": "synthetic", "sha256": "0" * 64, "protocol": "official", "seed": 0},
+    )
+    config = TrainConfig.model_validate(
+        {
+            "kind": "cnn",
+            "version": "cnn-v0.0.2",
+            "device": "cpu",
+            "input": {"size": 16, "resample": "area", "channels": ["fail", "die"]},
+            "cnn": {"channels": [4, 8], "convs_per_block": 2},
+            "optim": {"epochs": 1, "samples_per_epoch": 32, "batch_size": 16, "warmup_steps": 1},
+        }
+    )
+    train(config, data, tmp_path)
+    finalize(tmp_path / BEST, val, tmp_path / "model")
+    runtime = ModelRuntime.load(tmp_path / "model")
+    assert runtime.manifest.input.to_json() == {
+        "size": 16,
+        "resample": "area",
+        "channels": ["fail", "die"],
+    }
+    wafers = [val.raw.map(i) for i in range(3)]
+    assert runtime.prepare(wafers).shape == (3, 2, 16, 16)
+    assert runtime.predict(runtime.prepare(wafers)).probabilities.shape == (3, 9)

@@ -7,20 +7,19 @@ from cloud.models.rules import RulesModel
 from cloud.training.config import TrainConfig
 from cloud.training.data import Part, PreparedData
 from cloud.training.rules_baseline import run_rules
-from wafercore.preprocessing import dataset_to_grids
 from wafercore.synthetic import generate_dataset
 
 
 def _part(n: int, seed: int) -> Part:
     raw = generate_dataset(n, np.random.default_rng(seed), sizes=(20, 50))
-    return Part(dataset_to_grids(raw), raw.labels, raw.shapes)
+    return Part.of(raw)
 
 
 def test_rules_baseline_writes_its_tree_and_a_report(tmp_path: Path) -> None:
     train_raw = generate_dataset(40, np.random.default_rng(1), sizes=(20, 50))
     data = PreparedData(
         train_raw=train_raw,
-        train=Part(dataset_to_grids(train_raw), train_raw.labels, train_raw.shapes),
+        train=Part.of(train_raw),
         val=_part(5, 2),
         test=_part(20, 3),
         provenance={"path": "synthetic", "sha256": "1" * 64, "protocol": "official", "seed": 0},

@@ -7,17 +7,16 @@ import torch
 from cloud.training.config import TrainConfig
 from cloud.training.data import RARE_CLASSES, Part, PreparedData
 from cloud.training.trainer import BEST, LAST, load_checkpoint_model, lr_lambda, train
-from wafercore.preprocessing import dataset_to_grids
 from wafercore.synthetic import generate_dataset
 
 
 def _data() -> PreparedData:
     train_raw = generate_dataset(8, np.random.default_rng(1), sizes=(20, 40))
     val_raw = generate_dataset(4, np.random.default_rng(2), sizes=(20, 40))
-    val = Part(dataset_to_grids(val_raw), val_raw.labels, val_raw.shapes)
+    val = Part.of(val_raw)
     return PreparedData(
         train_raw=train_raw,
-        train=Part(dataset_to_grids(train_raw), train_raw.labels, train_raw.shapes),
+        train=Part.of(train_raw),
         val=val,
         test=val,
         provenance={"path": "synthetic", "sha256": "0" * 64, "protocol": "official", "seed": 0},
