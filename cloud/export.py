@@ -51,26 +51,34 @@ class TensorRTUnavailable(RuntimeError):  # noqa: N818 - the name says what happ
         self.reason = reason
 
 
-def export_trm(model: TinyRecursiveModel, path: Path) -> None:
+def export_trm(model: TinyRecursiveModel, path: Path, input_spec: InputSpec = TOKENS_INPUT) -> None:
     """Export one TRM supervision step as a single self-contained ONNX graph.
 
-    Inputs ``tokens`` (B, 676) int64, ``y`` and ``z`` (B, L, D) float32; outputs ``y_next``,
-    ``z_next``, ``logits`` (B, classes) and ``halt`` (B,) (a probability). B is dynamic.
-    The initial state is zeros. The model is exported in eval mode and its mode restored.
+    Inputs ``tokens`` (B, 676) int64 (or ``x`` (B, C, S, S) float32 for an area input),
+    ``y`` and ``z`` (B, L, D) float32; outputs ``y_next``, ``z_next``, ``logits``
+    (B, classes) and ``halt`` (B,) (a probability). B is dynamic. The initial state is zeros.
+    The model is exported in eval mode and its mode restored.
     """
     config = model.config
     if config.num_classes != len(CLASS_NAMES):
         raise ValueError(f"model has {config.num_classes} classes, platform {len(CLASS_NAMES)}")
     device = _device(model)
-    tokens = torch.full((2, TOKENS), OUT, dtype=torch.int64, device=device)
+    example, name = _example_input(input_spec, device)
     y, z = model.initial_state(2, device)  # (2, L, D) each
     _export(
         ExportableStep(model),
-        (tokens, y, z),
+        (example, y, z),
         path,
-        inputs=("tokens", "y", "z"),
+        inputs=(name, "y", "z"),
         outputs=("y_next", "z_next", "logits", "halt"),
     )
+
+
+def _example_input(spec: InputSpec, device: torch.device) -> tuple[Tensor, str]:
+    """A batch of two inputs of ``spec`` to trace with, and the graph input's name."""
+    if spec.is_tokens:
+        return torch.full((2, TOKENS), OUT, dtype=torch.int64, device=device), "tokens"
+    return torch.zeros((2, *spec.shape), dtype=torch.float32, device=device), "x"
 
 
 def export_classifier(model: nn.Module, path: Path, input_spec: InputSpec = TOKENS_INPUT) -> None:
@@ -79,12 +87,7 @@ def export_classifier(model: nn.Module, path: Path, input_spec: InputSpec = TOKE
     The input is ``tokens`` (B, 676) int64 for the legacy grid, ``x`` (B, C, S, S) float32 for
     an area input (`wafercore.model_input`).
     """
-    device = _device(model)
-    if input_spec.is_tokens:
-        example = torch.full((2, TOKENS), OUT, dtype=torch.int64, device=device)
-    else:
-        example = torch.zeros((2, *input_spec.shape), dtype=torch.float32, device=device)
-    name = "tokens" if input_spec.is_tokens else "x"
+    example, name = _example_input(input_spec, _device(model))
     _export(model, (example,), path, inputs=(name,), outputs=("logits",))
 
 
@@ -143,10 +146,11 @@ def export_trm_dir(
     temperature: float = 1.0,
     review_threshold: float = DEFAULT_REVIEW_THRESHOLD,
     extra: Mapping[str, Any] | None = None,
+    input_spec: InputSpec = TOKENS_INPUT,
 ) -> ModelManifest:
     """Export a TRM into a model directory; the architecture goes into ``extra``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    export_trm(model, out_dir / MODEL_FILE)
+    export_trm(model, out_dir / MODEL_FILE, input_spec)
     config = model.config
     return write_model_dir(
         out_dir,
@@ -162,6 +166,7 @@ def export_trm_dir(
             **(extra or {}),
             "architecture": {"name": "TinyRecursiveModel", "config": config.to_dict()},
         },
+        input_spec=input_spec,
     )
 
 

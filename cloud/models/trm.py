@@ -6,6 +6,11 @@ Per supervision step the latent ``z`` is updated ``n`` times from ``(x, y, z)`` 
 own loss (deep supervision) and a halting head that predicts whether the current answer is right,
 so inference can stop as soon as it is confident. Shapes: B batch, L tokens (patches + class
 token), D width.
+
+The input is either the legacy 26x26 token grid, cut into ``patch`` x ``patch`` patches, or an
+area-resampled input of float channels (`wafercore.model_input`), which a small convolutional
+stem (``stem``: one stride-2 conv per entry) turns into (S / 2^len(stem))^2 tokens: the whole
+wafer, at a few MFLOP.
 """
 
 from __future__ import annotations
@@ -40,8 +45,19 @@ class TRMConfig:
     rope_base: float = 100.0
     grid: int = GRID
     num_classes: int = NUM_CLASSES
+    # 0: the legacy tokens; else the channels of an area input, read by the conv stem.
+    in_channels: int = 0
+    stem: tuple[int, ...] = ()  # widths of the stem's stride-2 convs (area input only)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "stem", tuple(int(w) for w in self.stem))  # JSON gives lists
+        if self.in_channels and (not self.stem or self.grid % 2 ** len(self.stem)):
+            raise ValueError(
+                f"an area input needs a stem whose stride {2 ** len(self.stem)} divides the "
+                f"grid {self.grid}"
+            )
+        if not self.in_channels and self.stem:
+            raise ValueError("a stem reads an area input: set in_channels")
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads}")
         if (self.dim // self.heads) % 4:
@@ -51,7 +67,9 @@ class TRMConfig:
 
     @property
     def side(self) -> int:
-        """Patches per side (the grid is padded with out-of-wafer cells to a multiple)."""
+        """Tokens per side: patches of the padded grid, or the stem's output side."""
+        if self.in_channels:
+            return self.grid // 2 ** len(self.stem)
         return math.ceil(self.grid / self.patch)
 
     @property
@@ -61,7 +79,9 @@ class TRMConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON."""
-        return asdict(self)
+        data = asdict(self)
+        data["stem"] = list(self.stem)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TRMConfig:
@@ -195,6 +215,34 @@ class GridEmbedding(nn.Module):
         return torch.cat([self.cls.expand(b, -1, -1), x], dim=1) * self.scale  # (B, L, D)
 
 
+class ConvStem(nn.Module):
+    """Area input (B, C, S, S) → stem tokens plus a class token (B, L, D).
+
+    Each stage is Conv3x3 stride 2 → BatchNorm → GELU, halving S; a linear projection takes
+    each output cell to a token of width D.
+    """
+
+    def __init__(self, config: TRMConfig) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for cin, cout in zip((config.in_channels, *config.stem), config.stem, strict=False):
+            layers += [
+                nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.GELU(),
+            ]
+        self.convs = nn.Sequential(*layers)
+        self.proj = nn.Linear(config.stem[-1], config.dim)
+        self.cls = nn.Parameter(torch.zeros(1, 1, config.dim))
+        self.scale = math.sqrt(config.dim)
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        b = inputs.shape[0]
+        features = self.convs(inputs.to(self.proj.weight.dtype))  # (B, W, side, side)
+        x = self.proj(features.flatten(2).transpose(1, 2))  # (B, side*side, D)
+        return torch.cat([self.cls.expand(b, -1, -1), x], dim=1) * self.scale  # (B, L, D)
+
+
 @dataclass
 class StepOutput:
     """One supervision step: the new state and what the heads say about it."""
@@ -211,7 +259,7 @@ class TinyRecursiveModel(nn.Module):
     def __init__(self, config: TRMConfig) -> None:
         super().__init__()
         self.config = config
-        self.embed = GridEmbedding(config)
+        self.embed: nn.Module = ConvStem(config) if config.in_channels else GridEmbedding(config)
         self.net = nn.ModuleList(Block(config) for _ in range(config.layers))
         self.head = nn.Linear(config.dim, config.num_classes)
         self.halt = nn.Linear(config.dim, 1)
@@ -250,7 +298,7 @@ class TinyRecursiveModel(nn.Module):
         """All supervision steps, state detached between them (deep supervision).
 
         Args:
-            tokens: (B, 676) canonical die values.
+            tokens: (B, 676) canonical die values, or an area input (B, C, S, S).
             n_sup: steps to run; the config's ``n_sup`` by default.
         """
         x = self.embed(tokens)
@@ -309,5 +357,11 @@ def flops_per_step(config: TRMConfig) -> int:
     mlp = 2 * length * d * 2 * hidden + 2 * length * hidden * d
     net_calls = c.T * (c.n + 1)
     embed = 2 * (length - 1) * VOCAB * c.patch * c.patch * d
+    if c.in_channels:
+        embed, side, cin = 2 * (length - 1) * c.stem[-1] * d, c.grid, c.in_channels
+        for width in c.stem:
+            side //= 2
+            embed += 2 * side * side * cin * width * 9
+            cin = width
     heads = 2 * d * (c.num_classes + 1)
     return embed + net_calls * c.layers * (mixer + mlp) + heads

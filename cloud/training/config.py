@@ -63,10 +63,18 @@ class TRMModelConfig(_Strict):
     T: int = 2
     n_sup: int = 3
     rope_base: float = 100.0
+    stem: tuple[int, ...] = Field(
+        default=(), description="Stride-2 conv widths turning an area input into tokens."
+    )
 
-    def build(self) -> TRMConfig:
-        """The model's own config."""
-        return TRMConfig(**self.model_dump())
+    def build(self, spec: InputSpec | None = None) -> TRMConfig:
+        """The model's own config, for the run's input (the legacy tokens by default)."""
+        spec = spec or InputSpec()
+        return TRMConfig(
+            **self.model_dump(),
+            grid=spec.size,
+            in_channels=0 if spec.is_tokens else len(spec.channels),
+        )
 
 
 class CNNModelConfig(_Strict):

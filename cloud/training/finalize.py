@@ -45,7 +45,9 @@ def finalize(checkpoint: Path, val: Part, out_dir: Path) -> dict[str, Any]:
     spec = TrainConfig.model_validate(meta["config"]).input.spec()
     if isinstance(model, TinyRecursiveModel):
         extra["gflops_per_step"] = flops_per_step(model.config) / 1e9
-        export_trm_dir(model, out_dir, version=version, halt_threshold=1.0, extra=extra)
+        export_trm_dir(
+            model, out_dir, version=version, halt_threshold=1.0, extra=extra, input_spec=spec
+        )
     else:
         extra["gflops_per_step"] = cnn_flops(model.config) / 1e9
         export_classifier_dir(model, out_dir, version=version, extra=extra, input_spec=spec)

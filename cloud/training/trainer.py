@@ -49,7 +49,7 @@ SYNTHETIC_STREAM = 7
 def build_model(config: TrainConfig) -> nn.Module:
     """The untrained network a config describes."""
     if config.kind == "trm":
-        return TinyRecursiveModel(config.trm.build())
+        return TinyRecursiveModel(config.trm.build(config.input.spec()))
     if config.kind == "cnn":
         spec = config.input.spec()
         return BaselineCNN(

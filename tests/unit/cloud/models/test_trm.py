@@ -130,3 +130,44 @@ def test_invalid_configs_are_refused(kwargs: dict[str, int], message: str) -> No
 def test_config_round_trips_through_dict() -> None:
     config = TRMConfig(patch=4, mixer="mlp")
     assert TRMConfig.from_dict(config.to_dict()) == config
+
+
+STEM = TRMConfig(dim=32, heads=2, grid=64, in_channels=2, stem=(8, 16, 32))
+
+
+def _area(batch: int) -> torch.Tensor:
+    return torch.rand(batch, 2, 64, 64)
+
+
+def test_a_conv_stem_turns_the_whole_area_input_into_tokens() -> None:
+    model = TinyRecursiveModel(STEM).eval()
+    assert STEM.side == 8 and STEM.tokens == 65
+    with torch.no_grad():
+        outputs = model(_area(3))
+    assert len(outputs) == STEM.n_sup
+    assert outputs[0].logits.shape == (3, STEM.num_classes)
+    assert outputs[0].y.shape == (3, 65, 32)
+
+
+def test_stem_flops_match_torch_flop_counter() -> None:
+    model = TinyRecursiveModel(STEM).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(_area(1), n_sup=1)
+    assert counter.get_total_flops() == flops_per_step(STEM)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"grid": 64, "in_channels": 2}, "needs a stem"),
+        ({"grid": 60, "in_channels": 2, "stem": (8, 16, 32)}, "divides the grid"),
+        ({"stem": (8,)}, "set in_channels"),
+    ],
+)
+def test_stem_configs_are_checked(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TRMConfig(dim=32, heads=2, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_stem_config_round_trips_through_dict() -> None:
+    assert TRMConfig.from_dict(STEM.to_dict()) == STEM

@@ -102,8 +102,9 @@ def test_random_protocol_evaluates_on_the_split_the_model_was_trained_with(
     assert sizes[0.15] > sizes[0.1]
 
 
-def test_a_cnn_on_the_area_input_trains_exports_and_serves_its_declared_input(
-    tmp_path: Path,
+@pytest.mark.parametrize("kind", ["cnn", "trm"])
+def test_a_model_on_the_area_input_trains_exports_and_serves_its_declared_input(
+    tmp_path: Path, kind: str
 ) -> None:
     train_raw = generate_dataset(6, np.random.default_rng(3), sizes=(20, 90))
     val = Part.of(generate_dataset(3, np.random.default_rng(4), sizes=(20, 90)))
@@ -116,11 +117,12 @@ def test_a_cnn_on_the_area_input_trains_exports_and_serves_its_declared_input(
     )
     config = TrainConfig.model_validate(
         {
-            "kind": "cnn",
-            "version": "cnn-v0.0.2",
+            "kind": kind,
+            "version": f"{kind}-v0.0.2",
             "device": "cpu",
             "input": {"size": 16, "resample": "area", "channels": ["fail", "die"]},
             "cnn": {"channels": [4, 8], "convs_per_block": 2},
+            "trm": {"dim": 16, "heads": 2, "n": 1, "T": 2, "n_sup": 2, "stem": [4, 8]},
             "optim": {"epochs": 1, "samples_per_epoch": 32, "batch_size": 16, "warmup_steps": 1},
         }
     )
