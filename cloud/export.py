@@ -104,6 +104,7 @@ def write_model_dir(
     review_threshold: float = DEFAULT_REVIEW_THRESHOLD,
     extra: Mapping[str, Any] | None = None,
     input_spec: InputSpec = TOKENS_INPUT,
+    tta_threshold: float = 0.0,
 ) -> ModelManifest:
     """Make ``out_dir`` a model directory: ``model.onnx`` (copied from ``onnx_path`` unless it
     is already there) and ``model.json``. Both are written atomically.
@@ -112,6 +113,7 @@ def write_model_dir(
         extra: training metadata (architecture, training config, code version, data
             provenance); must be JSON-serialisable.
         input_spec: what the model reads (declared in the manifest, built by the runtime).
+        tta_threshold: confidence below which a wafer gets the second look (0: never).
 
     Returns:
         The manifest written.
@@ -132,9 +134,16 @@ def write_model_dir(
         onnx_sha256=file_sha256(target),
         extra=dict(extra or {}),
         input=input_spec,
+        tta_threshold=tta_threshold,
     )
     _write_atomic(out_dir / MANIFEST_FILE, manifest.to_json().encode("utf-8"))
     return manifest
+
+
+def rewrite_manifest(out_dir: Path, manifest: ModelManifest) -> None:
+    """Replace a model directory's ``model.json`` atomically (what was tuned after export);
+    the graph, and so ``onnx_sha256``, is unchanged."""
+    _write_atomic(out_dir / MANIFEST_FILE, manifest.to_json().encode("utf-8"))
 
 
 def export_trm_dir(

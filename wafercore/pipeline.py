@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from wafercore.review import DEFAULT_REVIEW_THRESHOLD, needs_review
 from wafercore.runtime import ModelRuntime
+from wafercore.second_look import second_look
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,9 @@ def classify_maps(
     if not maps:
         raise ValueError("classify_maps needs at least one map")
     started = time.perf_counter()
-    predicted = runtime.predict(runtime.prepare(maps))  # the input the model declares
+    inputs = runtime.prepare(maps)  # the input the model declares
+    # Doubtful wafers get their eight rotations and flips averaged, when the model says so.
+    predicted = second_look(runtime, inputs, runtime.predict(inputs)).result
     latency_ms = (time.perf_counter() - started) * 1000 / len(maps)
     flagged = needs_review(predicted.confidence, review_threshold)
     return [

@@ -69,6 +69,9 @@ class ModelManifest:
         extra: training metadata: architecture, training config, code version, data provenance.
         schema: layout version of the manifest itself.
         input: what the model reads (absent from older manifests: the 26x26 tokens).
+        tta_threshold: wafers whose first-pass confidence is below it get a second look,
+            the average of their eight rotations and flips (`wafercore.second_look`); 0, the
+            default, never looks twice.
     """
 
     version: str
@@ -83,6 +86,7 @@ class ModelManifest:
     extra: Mapping[str, Any] = field(default_factory=dict)
     schema: int = MANIFEST_SCHEMA
     input: InputSpec = TOKENS_INPUT
+    tta_threshold: float = 0.0
 
     @property
     def input_name(self) -> str:
@@ -113,6 +117,8 @@ class ModelManifest:
             problems.append(f"temperature {self.temperature} must be > 0")
         if not 0.0 <= self.review_threshold <= 1.0:
             problems.append(f"review_threshold {self.review_threshold} must be in [0, 1]")
+        if not 0.0 <= self.tta_threshold <= 1.0:
+            problems.append(f"tta_threshold {self.tta_threshold} must be in [0, 1]")
         if not self.class_names or not all(isinstance(n, str) for n in self.class_names):
             problems.append("class_names must be a non-empty list of strings")
         if not _SHA256.match(self.onnx_sha256):
@@ -139,8 +145,11 @@ class ModelManifest:
             "onnx_sha256": self.onnx_sha256,
             "extra": dict(self.extra),
         }
-        if not self.input.is_tokens:  # older manifests stay byte-for-byte what they were
+        # Older manifests stay byte-for-byte what they were.
+        if not self.input.is_tokens:
             data["input"] = self.input.to_json()
+        if self.tta_threshold:
+            data["tta_threshold"] = self.tta_threshold
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
@@ -167,7 +176,7 @@ class ModelManifest:
             data["state_shape"] = tuple(data["state_shape"])
         if "class_names" in data:
             data["class_names"] = tuple(data["class_names"])
-        for key in ("halt_threshold", "temperature", "review_threshold"):
+        for key in ("halt_threshold", "temperature", "review_threshold", "tta_threshold"):
             if key in data:
                 data[key] = float(data[key])
         data["input"] = InputSpec.from_json(data.get("input"))

@@ -9,17 +9,19 @@ from __future__ import annotations
 import json
 import resource
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cloud.evaluation.metrics import halted_predictions
+from cloud.evaluation.metrics import halted_predictions, macro_f1
 from cloud.evaluation.plots import write_plots
 from cloud.evaluation.report import build_report, write_report
 from cloud.training.data import Part, evaluation_part
 from wafercore.readers.npz import file_sha256
 from wafercore.runtime import ModelRuntime
+from wafercore.second_look import second_look
 
 LATENCY_SAMPLES = 300
 THROUGHPUT_BATCH = 64
@@ -37,6 +39,32 @@ def predict_part(runtime: ModelRuntime, part: Part) -> tuple[np.ndarray, np.ndar
     ]
     return np.concatenate([p for p, _ in chunks], axis=1), np.concatenate(
         [h for _, h in chunks], axis=1
+    )
+
+
+@dataclass(frozen=True)
+class Served:
+    """What a node answers for every wafer of a part: halting, then the second look."""
+
+    probabilities: np.ndarray  # (N, C)
+    steps: np.ndarray  # (N,) the first pass's supervision steps
+    looked: np.ndarray  # (N,) bool: the wafer got the second look
+    extra_steps: np.ndarray  # (N,) steps the second look's seven other views cost
+
+
+def serve_part(runtime: ModelRuntime, part: Part) -> Served:
+    """Every wafer of ``part`` through the node's own path (`wafercore.pipeline`): the model's
+    input, halting, and the second look where the manifest asks for it."""
+    spec = runtime.manifest.input
+    outs = []
+    for i in range(0, len(part), CHUNK):
+        inputs = part.inputs(spec, i, i + CHUNK)
+        outs.append(second_look(runtime, inputs, runtime.predict(inputs)))
+    return Served(
+        probabilities=np.concatenate([o.result.probabilities for o in outs]),
+        steps=np.concatenate([o.result.steps for o in outs]),
+        looked=np.concatenate([o.looked for o in outs]),
+        extra_steps=np.concatenate([o.extra_steps for o in outs]),
     )
 
 
@@ -104,10 +132,21 @@ def evaluate_model(
         seed = int(trained_on.get("seed", 0))
     part: Part = evaluation_part(data_path, protocol, val_fraction, seed)
     probs, halt = predict_part(runtime, part)
-    _, steps = halted_predictions(probs, halt, manifest.halt_threshold)
+    served = serve_part(runtime, part)
     compute = measure_compute(model_dir, part, seed)
     compute["params"] = manifest.extra.get("params")
-    compute["gflops_per_wafer"] = float(manifest.extra.get("gflops_per_step", 0.0) * steps.mean())
+    steps_per_wafer = float(served.steps.mean() + served.extra_steps.mean())
+    compute["gflops_per_wafer"] = float(
+        manifest.extra.get("gflops_per_step", 0.0) * steps_per_wafer
+    )
+    compute["second_look"] = {
+        "threshold": manifest.tta_threshold,
+        "looked_fraction": float(served.looked.mean()),
+        "extra_steps_per_wafer": float(served.extra_steps.mean()),
+        "macro_f1_without": macro_f1(
+            part.labels, halted_predictions(probs, halt, manifest.halt_threshold)[0].argmax(-1)
+        ),
+    }
     compute["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report = build_report(
         y_true=part.labels,
@@ -122,7 +161,8 @@ def evaluate_model(
         },
         probs_per_step=probs if manifest.kind == "trm" else None,
         halt_per_step=halt if manifest.kind == "trm" else None,
-        probs=None if manifest.kind == "trm" else probs[0],
+        probs=served.probabilities,
+        steps=served.steps,
         shapes=part.shapes,
         halt_threshold=manifest.halt_threshold if manifest.kind == "trm" else None,
         baselines=load_baselines(baseline_dirs or []),

@@ -45,6 +45,7 @@ REPORT_KEYS: tuple[str, ...] = (
 )
 """Top-level keys every ``report.json`` has."""
 OPTIONAL_KEYS: tuple[str, ...] = (
+    "second_look",  # the doubtful wafers' eight views: threshold, share looked, cost, gain
     "size_buckets",
     "class_names",
     "baselines",
@@ -277,6 +278,8 @@ def build_report(
         "reliability": m.reliability_bins(p, y),
         "created_at": created_at or dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
+    if "second_look" in compute:
+        report["second_look"] = dict(compute["second_look"])
     if shapes is not None:
         report["size_buckets"] = m.size_bucket_accuracy(y, pred, shapes)
     if baselines:

@@ -1,4 +1,5 @@
-"""After training: export the best EMA model, then tune halting and temperature on validation.
+"""After training: export the best EMA model, then tune halting, temperature and the second
+look (`wafercore.second_look`) on validation.
 
 Everything tuned here sees validation lots only, never the test set.
 """
@@ -6,27 +7,82 @@ Everything tuned here sees validation lots only, never the test set.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cloud.evaluation.evaluate import predict_part
+from cloud.evaluation.evaluate import CHUNK, predict_part
 from cloud.evaluation.metrics import (
     fit_temperature,
     halted_predictions,
     macro_f1,
     tune_halt_threshold,
 )
-from cloud.export import export_classifier_dir, export_trm_dir, write_model_dir
+from cloud.export import export_classifier_dir, export_trm_dir, rewrite_manifest
 from cloud.models.cnn import flops_per_wafer as cnn_flops
 from cloud.models.trm import TinyRecursiveModel, count_parameters, flops_per_step
 from cloud.training.config import TrainConfig
 from cloud.training.data import Part
 from cloud.training.trainer import load_checkpoint_model
-from wafercore.runtime import MODEL_FILE, ModelRuntime
+from wafercore.runtime import ModelRuntime
+from wafercore.second_look import VIEWS, dihedral
 
 log = logging.getLogger(__name__)
+
+SECOND_LOOK_BUDGET_GFLOP = 0.3
+"""Average compute per wafer at the edge, first pass and second looks together (issue 10)."""
+SECOND_LOOK_THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+SECOND_LOOK_MIN_GAIN = 0.002
+"""Validation macro-F1 a second look must add to be switched on (else it is noise)."""
+
+
+def tune_second_look(
+    runtime: ModelRuntime, val: Part, *, budget_steps: float
+) -> tuple[float, list[dict[str, float]]]:
+    """The confidence below which the node averages a wafer's eight views, tuned on ``val``.
+
+    The best validation macro-F1 among the thresholds whose average supervision steps per
+    wafer (first pass plus second looks) fit ``budget_steps``; 0 (never look twice) unless a
+    threshold gains at least `SECOND_LOOK_MIN_GAIN`.
+
+    Returns:
+        The threshold and the sweep (threshold, macro-F1, fraction looked, steps per wafer).
+    """
+    spec = runtime.manifest.input
+    views = []
+    for k in range(VIEWS):
+        chunks = [
+            runtime.predict(dihedral(val.inputs(spec, i, i + CHUNK), spec, k))
+            for i in range(0, len(val), CHUNK)
+        ]
+        views.append(
+            (
+                np.concatenate([c.probabilities for c in chunks]),
+                np.concatenate([c.steps for c in chunks]),
+            )
+        )
+    probs = np.stack([p for p, _ in views])  # (8, N, C)
+    steps = np.stack([s for _, s in views])  # (8, N)
+    averaged = probs.mean(axis=0)
+    first_confidence = probs[0].max(axis=1)
+    sweep = []
+    for threshold in SECOND_LOOK_THRESHOLDS:
+        looked = first_confidence < threshold
+        answer = np.where(looked[:, None], averaged, probs[0])
+        sweep.append(
+            {
+                "threshold": threshold,
+                "macro_f1": macro_f1(val.labels, answer.argmax(-1)),
+                "looked": float(looked.mean()),
+                "steps_per_wafer": float((steps[0] + looked * steps[1:].sum(axis=0)).mean()),
+            }
+        )
+    fitting = [s for s in sweep if s["steps_per_wafer"] <= budget_steps]
+    best = max(fitting, key=lambda s: s["macro_f1"])
+    gain = best["macro_f1"] - sweep[0]["macro_f1"]
+    return (best["threshold"] if gain >= SECOND_LOOK_MIN_GAIN else 0.0), sweep
 
 
 def finalize(checkpoint: Path, val: Part, out_dir: Path) -> dict[str, Any]:
@@ -65,19 +121,22 @@ def finalize(checkpoint: Path, val: Part, out_dir: Path) -> dict[str, Any]:
         "halting_sweep": sweep,
         "temperature": temperature,
     }
-    manifest = runtime.manifest
-    write_model_dir(
-        out_dir,
-        out_dir / MODEL_FILE,
-        version=version,
-        kind=manifest.kind,
-        n_sup=manifest.n_sup,
-        state_shape=manifest.state_shape,
+    manifest = replace(
+        runtime.manifest,
         halt_threshold=threshold,
         temperature=temperature,
-        review_threshold=manifest.review_threshold,
-        extra={**manifest.extra, **extra},
-        input_spec=manifest.input,
+        extra={**runtime.manifest.extra, **extra},
+    )
+    rewrite_manifest(out_dir, manifest)
+    # The second look is tuned on what the node will run: this halting and temperature.
+    tta_threshold, extra["validation"]["second_look"] = tune_second_look(
+        ModelRuntime.load(out_dir, threads=2),
+        val,
+        budget_steps=SECOND_LOOK_BUDGET_GFLOP / extra["gflops_per_step"],
+    )
+    rewrite_manifest(
+        out_dir,
+        replace(manifest, tta_threshold=tta_threshold, extra={**manifest.extra, **extra}),
     )
     log.info(
         "halt threshold %.3f (%.2f steps on val), temperature %.3f",

@@ -58,6 +58,16 @@ def test_finalize_tunes_halting_and_temperature_on_validation(model_dir: Path) -
     assert len(extra["history"]) == 2
     runtime = ModelRuntime.load(model_dir)
     assert runtime.manifest.temperature == pytest.approx(extra["validation"]["temperature"])
+    # The second look: swept on validation at this halting, switched on only if it pays.
+    sweep = extra["validation"]["second_look"]
+    assert [s["threshold"] for s in sweep] == [0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+    assert sweep[0]["looked"] == 0.0
+    assert sweep[0]["steps_per_wafer"] == pytest.approx(extra["validation"]["avg_steps"])
+    assert all(s["steps_per_wafer"] >= sweep[0]["steps_per_wafer"] for s in sweep)
+    chosen = runtime.manifest.tta_threshold
+    if chosen:
+        best = max(sweep, key=lambda s: s["macro_f1"])
+        assert best["macro_f1"] >= sweep[0]["macro_f1"] + 0.002
 
 
 def test_evaluate_writes_the_stable_report_and_plots(model_dir: Path, tmp_path: Path) -> None:
@@ -77,6 +87,9 @@ def test_evaluate_writes_the_stable_report_and_plots(model_dir: Path, tmp_path: 
     assert on_disk["data"]["n"] == 45 and on_disk["model_version"] == "trm-v0.0.1"
     assert len(on_disk["per_step_accuracy"]) == 3
     assert report["gflops_per_wafer"] > 0
+    second = on_disk["second_look"]
+    assert second["threshold"] == ModelRuntime.load(model_dir).manifest.tta_threshold
+    assert 0.0 <= second["looked_fraction"] <= 1.0 and second["extra_steps_per_wafer"] >= 0
     assert on_disk["latency_ms"]["p50"] <= on_disk["latency_ms"]["p99"]
     assert (out / "report.md").read_text().count("Scratch") >= 1
     assert (out / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,69 @@
+"""The second look: eight rotations and flips averaged, for doubtful wafers only."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wafercore.model_input import TOKENS_INPUT, InputSpec
+from wafercore.runtime import MANIFEST_FILE, ModelRuntime
+from wafercore.second_look import VIEWS, dihedral, second_look
+from wafercore.shipped import shipped_model_dir
+from wafercore.synthetic import generate_dataset
+
+
+@pytest.fixture(scope="module")
+def runtime() -> ModelRuntime:
+    return ModelRuntime.load(shipped_model_dir("trm-v1.0.0"))
+
+
+def test_the_eight_views_are_the_rotations_and_flips() -> None:
+    area = InputSpec(size=8, resample="area", channels=("fail",))
+    x = np.arange(64, dtype=np.float32).reshape(1, 1, 8, 8)
+    views = [dihedral(x, area, k) for k in range(VIEWS)]
+    assert np.array_equal(views[0], x)
+    assert len({v.tobytes() for v in views}) == VIEWS  # an asymmetric input: all distinct
+    assert np.array_equal(views[1][0, 0], np.rot90(x[0, 0]))
+    assert np.array_equal(views[4][0, 0], x[0, 0][:, ::-1])
+    tokens = np.arange(676).reshape(1, 676) % 3
+    assert np.array_equal(dihedral(tokens, TOKENS_INPUT, 2), tokens[:, ::-1])  # a half turn
+    with pytest.raises(ValueError):
+        dihedral(x, area, 8)
+
+
+def test_only_doubtful_wafers_are_looked_at_and_their_views_averaged(
+    runtime: ModelRuntime,
+) -> None:
+    dataset = generate_dataset(2, np.random.default_rng(7))
+    inputs = runtime.prepare([dataset.map(i) for i in range(len(dataset))])
+    first = runtime.predict(inputs)
+    threshold = float(np.median(first.confidence))
+    looked = second_look(runtime, inputs, first, threshold)
+    assert looked.looked.tolist() == (first.confidence < threshold).tolist()
+    assert (looked.extra_steps[~looked.looked] == 0).all()
+    assert (looked.extra_steps[looked.looked] >= VIEWS - 1).all()
+    row = int(np.flatnonzero(looked.looked)[0])
+    views = [runtime.predict(dihedral(inputs[row : row + 1], TOKENS_INPUT, k)) for k in range(8)]
+    expected = np.mean([v.probabilities[0] for v in views], axis=0)
+    assert looked.result.probabilities[row] == pytest.approx(expected, abs=1e-6)
+    assert looked.result.prediction[row] == expected.argmax()
+    sure = np.flatnonzero(~looked.looked)
+    assert np.array_equal(looked.result.probabilities[sure], first.probabilities[sure])
+    assert np.array_equal(looked.result.steps, first.steps)
+
+
+def test_the_manifest_threshold_decides_by_default(runtime: ModelRuntime, tmp_path: Path) -> None:
+    inputs = runtime.prepare([generate_dataset(1, np.random.default_rng(8)).map(0)])
+    first = runtime.predict(inputs)
+    assert not second_look(runtime, inputs, first).looked.any()  # tta_threshold 0: never
+    eager_dir = tmp_path / "eager"
+    shutil.copytree(shipped_model_dir("trm-v1.0.0"), eager_dir)
+    manifest = dataclasses.replace(runtime.manifest, tta_threshold=1.0)
+    (eager_dir / MANIFEST_FILE).write_text(manifest.to_json())
+    eager = ModelRuntime.load(eager_dir)
+    assert eager.manifest.tta_threshold == 1.0
+    assert second_look(eager, inputs, eager.predict(inputs)).looked.all()
