@@ -176,3 +176,30 @@ def _add_noise(grids: npt.NDArray[_Grid], rng: np.random.Generator) -> npt.NDArr
     flat[rows[chosen], ranked[chosen]] = FAIL
     noisy: npt.NDArray[_Grid] = flat.reshape(k, h, w)
     return noisy
+
+
+STRONG_NOISE_RATE = (0.0, 0.04)
+"""Share of passing die read as failing by `strong_augment`."""
+STRONG_DROP_RATE = (0.0, 0.2)
+"""Share of failing die read as passing by `strong_augment` (a retest that passed)."""
+
+
+def strong_augment(grid: npt.NDArray[_Grid], rng: np.random.Generator) -> npt.NDArray[_Grid]:
+    """A heavy, still label-preserving distortion of one (H, W) map, for consistency training.
+
+    A random rotation or mirror image (any of the eight for a square map), then up to 4% of
+    the passing die turned into fails and up to 20% of the failing die into passes. The
+    pattern's place on the wafer, and so its class, is kept; its die are not.
+    """
+    if grid.ndim != 2:
+        raise ValueError(f"grid must be (H, W), got shape {grid.shape}")
+    square = grid.shape[0] == grid.shape[1]
+    turned = np.rot90(grid, int(rng.integers(4)) if square else 2 * int(rng.integers(2)))
+    if rng.random() < 0.5:
+        turned = turned[:, ::-1]
+    out = np.array(turned)  # a writable copy
+    noise = rng.random(out.shape)
+    passing, failing = out == PASS, out == FAIL
+    out[passing & (noise < rng.uniform(*STRONG_NOISE_RATE))] = FAIL
+    out[failing & (noise < rng.uniform(*STRONG_DROP_RATE))] = PASS
+    return out

@@ -127,6 +127,26 @@ class AugmentConfig(_Strict):
     )
 
 
+class SemiConfig(_Strict):
+    """Learning from the unlabelled production stream (FixMatch with class-balanced thresholds).
+
+    Each step adds ``ratio`` x batch unlabelled maps: the EMA model labels a lightly augmented
+    view, and where it is confident enough the model learns that label on a strongly augmented
+    view. FlexMatch's per-class thresholds (``flex``) lower the bar for classes the teacher
+    rarely predicts with confidence, so the None-heavy stream does not drown the rare ones.
+    """
+
+    path: Path = Path("unlabelled.npz")
+    limit: int | None = Field(default=None, description="Use at most this many unlabelled maps.")
+    ratio: int = Field(default=1, ge=1)
+    threshold: float = Field(default=0.95, gt=0, le=1)
+    flex: bool = True
+    weight: float = Field(default=1.0, gt=0)
+    warmup_epochs: int = Field(
+        default=1, ge=0, description="Supervised epochs before the teacher's labels are used."
+    )
+
+
 class TrainConfig(_Strict):
     """One training run."""
 
@@ -141,6 +161,7 @@ class TrainConfig(_Strict):
     rules: RulesModelConfig = RulesModelConfig()
     optim: OptimConfig = OptimConfig()
     augment: AugmentConfig = AugmentConfig()
+    semi: SemiConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (paths as strings)."""

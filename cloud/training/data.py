@@ -68,6 +68,19 @@ class PreparedData:
     val: Part
     test: Part
     provenance: dict[str, Any]
+    unlabelled: WaferDataset | None = None  # the production stream, for semi-supervision
+
+
+def load_unlabelled(
+    path: Path, limit: int | None, seed: int
+) -> tuple[WaferDataset, dict[str, Any]]:
+    """The unlabelled maps of ``path`` (at most ``limit``, drawn at random) and their provenance."""
+    dataset = read_npz(path)
+    if limit is not None and limit < len(dataset):
+        rng = np.random.default_rng([seed, 11])
+        dataset = dataset.subset(np.sort(rng.choice(len(dataset), size=limit, replace=False)))
+    provenance = {"path": str(path), "sha256": file_sha256(path), "n": len(dataset)}
+    return dataset, provenance
 
 
 def prepare(config: DataConfig, data_path: Path, cache_dir: Path, seed: int) -> PreparedData:

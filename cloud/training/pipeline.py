@@ -8,7 +8,7 @@ from pathlib import Path
 from cloud.evaluation.evaluate import evaluate_model
 from cloud.settings import CloudSettings
 from cloud.training.config import TrainConfig
-from cloud.training.data import prepare
+from cloud.training.data import load_unlabelled, prepare
 from cloud.training.finalize import finalize
 from cloud.training.rules_baseline import run_rules
 from cloud.training.trainer import BEST, train
@@ -31,6 +31,10 @@ def run_training(
     """
     data_path = settings.resolve_data(config.data.path)
     data = prepare(config.data, data_path, settings.cache_dir, config.seed)
+    if config.semi is not None:
+        data.unlabelled, data.provenance["unlabelled"] = load_unlabelled(
+            settings.resolve_data(config.semi.path), config.semi.limit, config.seed
+        )
     log.info("data: %s", data.provenance["n"])
     model_dir = out or run_dir / "model"
     if config.kind == "rules":

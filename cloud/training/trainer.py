@@ -35,6 +35,7 @@ from cloud.training.data import (
     class_weights,
 )
 from cloud.training.losses import deep_supervision_loss
+from cloud.training.semi import SemiStats, UnlabelledStream
 from wafercore.classes import NUM_CLASSES
 from wafercore.model_input import InputSpec
 
@@ -186,6 +187,13 @@ def train(
     )
     spec = config.input.spec()
     sampler = BatchSampler(train_raw, optim_cfg, config.augment, config.seed, spec)
+    stream = (
+        UnlabelledStream(data.unlabelled, config.semi, spec, optim_cfg.batch_size)
+        if config.semi is not None and data.unlabelled is not None
+        else None
+    )
+    semi_weight = config.semi.weight if config.semi is not None else 0.0
+    semi_warmup = config.semi.warmup_epochs if config.semi is not None else 0
     steps_per_epoch = len(sampler.epoch(0, config.seed))
     total_steps = steps_per_epoch * optim_cfg.epochs
 
@@ -239,6 +247,8 @@ def train(
             ckpt["best_epoch"],
         )
         torch.set_rng_state(ckpt["torch_rng"])
+        if stream is not None:
+            stream.load_state(ckpt["semi"])
         log.info("resumed from epoch %d", ckpt["epoch"])
 
     autocast = device.type == "cuda"
@@ -250,7 +260,7 @@ def train(
         rng = np.random.default_rng([config.seed, epoch, 1])
         batches = sampler.epoch(epoch, config.seed)
         started = time.perf_counter()
-        sums = {"loss": 0.0, "ce": 0.0, "halt": 0.0}
+        sums = {"loss": 0.0, "ce": 0.0, "halt": 0.0, "semi": 0.0, "mask": 0.0}
         step_acc = np.zeros(0)
         bar = tqdm(
             batches, desc=f"epoch {epoch + 1}/{optim_cfg.epochs}", unit="batch", mininterval=10
@@ -270,8 +280,15 @@ def train(
                 halt_lambda=optim_cfg.halt_lambda,
                 label_smoothing=optim_cfg.label_smoothing,
             )
+            total = parts.total
+            if stream is not None and epoch >= semi_warmup:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    semi = _semi_loss(stream, model, ema.model, rng, device)
+                total = total + semi_weight * semi[0]
+                sums["semi"] += semi[1].loss
+                sums["mask"] += semi[1].mask_rate
             optimizer.zero_grad(set_to_none=True)
-            parts.total.backward()
+            total.backward()
             nn.utils.clip_grad_norm_(model.parameters(), optim_cfg.grad_clip)
             optimizer.step()
             scheduler.step()
@@ -295,6 +312,8 @@ def train(
             "train_loss": sums["loss"] / n,
             "train_ce": sums["ce"] / n,
             "train_halt": sums["halt"] / n,
+            "train_semi_loss": sums["semi"] / n,
+            "semi_mask_rate": sums["mask"] / n,
             "train_step_accuracy": (step_acc / n).tolist(),
             "val_macro_f1": f1,
             "val_accuracy": acc,
@@ -330,12 +349,30 @@ def train(
             "best_val_macro_f1": best_f1,
             "best_epoch": best_epoch,
             "torch_rng": torch.get_rng_state(),
+            "semi": stream.state() if stream is not None else None,
         }
         _atomic_save(ckpt, run_dir / LAST)
         if is_best:
             _atomic_save(ckpt, run_dir / BEST)
     return TrainResult(
         run_dir=run_dir, best_epoch=best_epoch, best_val_macro_f1=best_f1, history=history
+    )
+
+
+def _semi_loss(
+    stream: UnlabelledStream,
+    model: nn.Module,
+    teacher: nn.Module,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> tuple[Tensor, SemiStats]:
+    """One unlabelled batch's consistency loss (`cloud.training.semi`)."""
+    return stream.loss(
+        lambda x: step_outputs(model, x)[0],
+        teacher,
+        lambda m, x: step_outputs(m, x)[0][-1],
+        rng,
+        lambda a: as_tensor(a, device),
     )
 
 
@@ -355,6 +392,6 @@ def load_checkpoint_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     meta = {
         k: v
         for k, v in ckpt.items()
-        if k not in {"model", "ema", "optimizer", "scheduler", "torch_rng"}
+        if k not in {"model", "ema", "optimizer", "scheduler", "torch_rng", "semi"}
     }
     return model, meta

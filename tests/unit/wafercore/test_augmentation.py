@@ -17,6 +17,7 @@ from wafercore.augmentation import (
     augment,
     augment_batch,
     draw_augmentations,
+    strong_augment,
 )
 from wafercore.encoding import FAIL, OUT, PASS
 
@@ -203,3 +204,21 @@ def test_apply_rejects_bad_arguments(grids: Grid, ops: list[int]) -> None:
 def test_augment_wants_one_map() -> None:
     with pytest.raises(ValueError):
         augment(np.zeros((1, 26, 26), np.uint8), np.random.default_rng(0))
+
+
+def test_strong_augmentation_keeps_the_wafer_and_moves_only_some_die() -> None:
+    rng = np.random.default_rng(3)
+    wafer = np.full((40, 40), 2, dtype=np.uint8)
+    yy, xx = np.mgrid[:40, :40]
+    inside = (yy - 19.5) ** 2 + (xx - 19.5) ** 2 < 19**2
+    wafer[inside] = 0
+    wafer[inside & (xx < 12)] = 1  # a pattern on one side
+    for _ in range(20):
+        out = strong_augment(wafer, rng)
+        assert out.shape == wafer.shape and out.dtype == wafer.dtype
+        # The out-of-wafer mask moves with the map (symmetric here) and is never written.
+        assert np.array_equal(out == 2, wafer == 2)
+        fails = int((out == 1).sum())
+        assert 0.75 * (wafer == 1).sum() <= fails <= (wafer == 1).sum() + 0.05 * (wafer == 0).sum()
+    rect = np.zeros((10, 30), dtype=np.uint8)
+    assert strong_augment(rect, rng).shape == (10, 30)

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from cloud.training.config import TrainConfig
+from cloud.training.config import SemiConfig, TrainConfig
 from cloud.training.data import RARE_CLASSES, Part, PreparedData
+from cloud.training.semi import FlexThresholds
 from cloud.training.trainer import BEST, LAST, load_checkpoint_model, lr_lambda, train
 from wafercore.synthetic import generate_dataset
 
@@ -96,3 +97,37 @@ def test_learning_rate_warms_up_then_decays() -> None:
     values = [lr_lambda(s, total=100, warmup=10, min_ratio=0.1) for s in range(100)]
     assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
     assert values[50] < values[20] and values[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_semi_supervised_training_learns_from_pseudo_labels_and_resumes_exactly(
+    tmp_path: Path,
+) -> None:
+    data = _data()
+    data.unlabelled = generate_dataset(6, np.random.default_rng(9), sizes=(20, 40))
+    base = _config(2, kind="cnn")
+    config = base.model_copy(
+        update={"semi": SemiConfig(threshold=0.3, ratio=1, weight=1.0, warmup_epochs=1)}
+    )
+    straight = train(config, data, tmp_path / "straight")
+    first, second = straight.history
+    assert first["semi_mask_rate"] == 0.0  # the warm-up epoch is supervised only
+    assert second["semi_mask_rate"] > 0 and second["train_semi_loss"] > 0  # pseudo-labels used
+    train(config, data, tmp_path / "split", stop_after_epochs=1)
+    train(config, data, tmp_path / "split", resume=True)
+    one = torch.load(tmp_path / "straight" / LAST, weights_only=False)
+    two = torch.load(tmp_path / "split" / LAST, weights_only=False)
+    assert np.array_equal(one["semi"]["status"], two["semi"]["status"])
+    for key in one["ema"]:
+        assert torch.equal(one["ema"][key], two["ema"][key]), key
+
+
+def test_flex_thresholds_lower_the_bar_for_classes_the_teacher_is_rarely_sure_of() -> None:
+    thresholds = FlexThresholds(10, 0.9)
+    assert thresholds.per_class().tolist() == [0.0] * 9  # warm-up: nothing learnt yet
+    idx = np.arange(10)
+    pseudo = np.array([0] * 8 + [1, 1])
+    thresholds.update(idx, pseudo, np.full(10, 0.95))
+    bar = thresholds.per_class()
+    assert bar[0] == pytest.approx(0.9)  # the most confident class keeps the base threshold
+    assert bar[1] == pytest.approx(0.9 * 0.25 / 1.75)
+    assert FlexThresholds(10, 0.9, flex=False).per_class().tolist() == [0.9] * 9
