@@ -45,7 +45,7 @@ from fab_server.db import make_async_engine, migrate, session_factory
 from fab_server.services import nodes
 from fab_server.settings import FabSettings
 from wafercore.dataset import WaferDataset
-from wafercore.preprocessing import to_grid, to_tokens
+from wafercore.pipeline import classify_maps
 from wafercore.readers.npz import read_npz
 from wafercore.runtime import ModelRuntime
 from wafercore.synthetic import generate_dataset
@@ -160,19 +160,19 @@ def _percentiles(times_ms: Sequence[float]) -> tuple[float, float]:
 
 
 def _bare_runtime(runtime: ModelRuntime, maps: list[np.ndarray], batches: int) -> dict[str, Any]:
-    tokens = np.stack([to_tokens(to_grid(m)) for m in maps])
-    for row in tokens[:WARMUP]:
-        runtime.predict(row[None, :])
+    # The pipeline every tier classifies with, without HTTP, validation and outbox.
+    for wafer in maps[:WARMUP]:
+        classify_maps(runtime, [wafer])
     times = []
-    for row in tokens:
+    for wafer in maps:
         started = time.perf_counter()
-        runtime.predict(row[None, :])
+        classify_maps(runtime, [wafer])
         times.append((time.perf_counter() - started) * 1000)
     # The same wafers as the HTTP batches: the list repeated to fill ``batches`` batches.
-    cycled = np.resize(tokens, (batches * BATCH, tokens.shape[1]))
+    cycled = [maps[i % len(maps)] for i in range(batches * BATCH)]
     started = time.perf_counter()
     for start in range(0, len(cycled), BATCH):
-        runtime.predict(cycled[start : start + BATCH])
+        classify_maps(runtime, cycled[start : start + BATCH])
     rate = len(cycled) / (time.perf_counter() - started)
     return {"times": times, "rate": rate}
 
