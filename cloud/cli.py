@@ -96,6 +96,37 @@ def evaluate(
     )
 
 
+@main.command(
+    help="Choose the default model: the best validation macro-F1 within the edge's budget."
+)
+@click.option(
+    "--model",
+    "model_dirs",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Candidate model directory, evaluated (repeatable).",
+)
+def champion(model_dirs: tuple[Path, ...]) -> None:
+    """Print every candidate, best first, and the one to ship."""
+    from cloud.evaluation.champion import choose_champion
+
+    try:
+        chosen, candidates = choose_champion(list(model_dirs))
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo("version        val macro-F1  test macro-F1  GFLOP/wafer  params    p99 ms  budget")
+    for c in candidates:
+        click.echo(
+            f"{c.version:<14} {c.validation_macro_f1:>12.4f} {c.test_macro_f1:>14.4f} "
+            f"{c.gflops_per_wafer:>12.3f} {c.params:>9,} {c.latency_p99_ms:>7.2f}  "
+            f"{'over: ' + ', '.join(c.over_budget) if c.over_budget else 'ok'}"
+        )
+    if chosen is None:
+        raise click.ClickException("no candidate is within the budget")
+    click.echo(f"champion: {chosen.version} ({chosen.path})")
+
+
 @main.command(help="Build a TensorRT engine from a model directory (needs an NVIDIA GPU).")
 @model_dir_option
 @click.option("--tensorrt", is_flag=True, required=True, help="Build the TensorRT engine.")
