@@ -65,17 +65,11 @@ class WaferInput:
 
 @dataclass(frozen=True)
 class Classified:
-    """One wafer's result, stored in the outbox under ``sequence``.
+    """One wafer's result, stored in the outbox under ``sequence``: the fields of
+    `wafercore.pipeline.Prediction` (as stored, so a retry's answer is the same), plus:
 
     Attributes:
         wafer_id: the wafer.
-        prediction: class id.
-        confidence: probability of the prediction.
-        probabilities: per class id.
-        steps: supervision steps taken.
-        latency_ms: preprocessing and inference time (a batch's time shared equally).
-        model_version: model that produced it.
-        flagged: confidence below the node's review threshold.
         novelty_score: None: this node runs no novelty model.
         sequence: the outbox id (the result's sequence at the fab).
         replayed: the stored answer to an earlier, identical request (nothing was stored).

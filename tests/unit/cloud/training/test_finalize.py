@@ -19,19 +19,24 @@ from wafercore.runtime import ModelRuntime
 from wafercore.synthetic import generate_dataset
 
 
+def _synthetic(*, train: int, val: int, sizes: tuple[int, int], seed: int = 1) -> PreparedData:
+    """Synthetic training and validation maps (``train`` and ``val`` per class)."""
+    train_raw = generate_dataset(train, np.random.default_rng(seed), sizes=sizes)
+    val_part = Part.of(generate_dataset(val, np.random.default_rng(seed + 1), sizes=sizes))
+    return PreparedData(
+        train_raw=train_raw,
+        train=Part.of(train_raw),
+        val=val_part,
+        test=val_part,
+        provenance={"path": "synthetic", "sha256": "0" * 64, "protocol": "official", "seed": 0},
+    )
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("run")
-    train_raw = generate_dataset(10, np.random.default_rng(1), sizes=(20, 40))
-    val_raw = generate_dataset(6, np.random.default_rng(2), sizes=(20, 40))
-    val = Part.of(val_raw)
-    data = PreparedData(
-        train_raw=train_raw,
-        train=Part.of(train_raw),
-        val=val,
-        test=val,
-        provenance={"path": "synthetic", "sha256": "0" * 64, "protocol": "official", "seed": 0},
-    )
+    data = _synthetic(train=10, val=6, sizes=(20, 40))
+    val = data.val
     config = TrainConfig.model_validate(
         {
             "kind": "trm",
@@ -119,15 +124,8 @@ def test_random_protocol_evaluates_on_the_split_the_model_was_trained_with(
 def test_a_model_on_the_area_input_trains_exports_and_serves_its_declared_input(
     tmp_path: Path, kind: str
 ) -> None:
-    train_raw = generate_dataset(6, np.random.default_rng(3), sizes=(20, 90))
-    val = Part.of(generate_dataset(3, np.random.default_rng(4), sizes=(20, 90)))
-    data = PreparedData(
-        train_raw=train_raw,
-        train=Part.of(train_raw),
-        val=val,
-        test=val,
-        provenance={"path": "synthetic", "sha256": "0" * 64, "protocol": "official", "seed": 0},
-    )
+    data = _synthetic(train=6, val=3, sizes=(20, 90), seed=3)
+    val = data.val
     config = TrainConfig.model_validate(
         {
             "kind": kind,
