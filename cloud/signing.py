@@ -2,7 +2,7 @@
 
 The registry key signs the raw SHA-256 digest of an artifact (the contract's
 ``ModelAssignment.signature``); nodes pin the public half (``<key_id>.pub``) and refuse anything
-else. The artifact layout itself is `edge.artifact`'s, shared with the nodes that unpack it.
+else. The artifact layout itself is `wafercore.artifact`'s, shared with the nodes that unpack it.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import numpy.typing as npt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.artifact import GOLDEN_FILE, SIGNATURE_SUFFIX, GoldenSet, write_artifact
-from edge.signature import KEY_ID, PUBLIC_KEY_SUFFIX
+from wafercore.artifact import GOLDEN_FILE, SIGNATURE_SUFFIX, GoldenSet, write_artifact
 from wafercore.classes import NUM_CLASSES, DefectClass
 from wafercore.encoding import GRID
 from wafercore.preprocessing import preprocess
 from wafercore.runtime import MANIFEST_FILE, MODEL_FILE, ModelRuntime
+from wafercore.signature import KEY_ID, PUBLIC_KEY_SUFFIX
 from wafercore.synthetic import generate_map
 
 PRIVATE_KEY_SUFFIX = ".key"

@@ -27,7 +27,9 @@ from typing import Any
 import grpc  # type: ignore[import-untyped]
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
-from edge.artifact import (
+from edge.model_store import ModelStore, NoPreviousModel
+from edge.settings import EdgeSettings
+from wafercore.artifact import (
     GOLDEN_ATOL,
     GOLDEN_FILE,
     MAX_ARTIFACT_BYTES,
@@ -37,10 +39,8 @@ from edge.artifact import (
     check_golden,
     unpack_artifact,
 )
-from edge.model_store import ModelStore, NoPreviousModel
-from edge.settings import EdgeSettings
-from edge.signature import SignatureError, verify_artifact, verify_digest
 from wafercore.runtime import ModelLoadError, ModelRuntime
+from wafercore.signature import SignatureError, verify_artifact, verify_digest
 from waferplatform.v1 import fab_pb2, fab_pb2_grpc  # type: ignore[import-not-found]
 
 log = logging.getLogger(__name__)

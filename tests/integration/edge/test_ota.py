@@ -18,7 +18,6 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from cloud.signing import generate_keypair, load_private_key, package_model, sign_file
-from edge.artifact import GOLDEN_FILE, GoldenSet, unpack_artifact, write_artifact
 from edge.fab_client import bearer_interceptors, open_channel
 from edge.model_store import ModelStore
 from edge.ota import OtaAgent, OtaStatus
@@ -27,6 +26,7 @@ from fab_server.app import FabServer
 from fab_server.models import EdgeNodeRow
 from fab_server.services import distribution
 from fab_server.settings import FabSettings
+from wafercore.artifact import GOLDEN_FILE, GoldenSet, unpack_artifact, write_artifact
 from wafercore.runtime import MANIFEST_FILE, MODEL_FILE, ModelRuntime
 
 pytestmark = pytest.mark.integration

@@ -11,10 +11,10 @@ from click.testing import CliRunner
 
 from cloud.cli import main
 from cloud.signing import golden_tokens, package_model
-from edge.artifact import GOLDEN_FILE, MEMBERS, GoldenSet, check_golden, unpack_artifact
-from edge.signature import SignatureError, verify_artifact
+from wafercore.artifact import GOLDEN_FILE, MEMBERS, GoldenSet, check_golden, unpack_artifact
 from wafercore.classes import NUM_CLASSES
 from wafercore.runtime import ModelRuntime, file_sha256
+from wafercore.signature import SignatureError, verify_artifact
 
 MODEL_DIR = Path(__file__).resolve().parents[3] / "models" / "trm-v1.0.0"
 

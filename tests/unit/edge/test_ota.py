@@ -16,16 +16,16 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from cloud.signing import generate_keypair, load_private_key, package_model, sign_file
-from edge.artifact import (
+from edge.model_store import ModelStore
+from edge.ota import OtaAgent, OtaOutcome, OtaStatus
+from edge.settings import EdgeSettings
+from wafercore.artifact import (
     GOLDEN_FILE,
     MAX_ARTIFACT_BYTES,
     GoldenSet,
     unpack_artifact,
     write_artifact,
 )
-from edge.model_store import ModelStore
-from edge.ota import OtaAgent, OtaOutcome, OtaStatus
-from edge.settings import EdgeSettings
 from wafercore.runtime import MANIFEST_FILE, MODEL_FILE
 from waferplatform.v1 import fab_pb2
 

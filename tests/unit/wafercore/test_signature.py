@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.signature import SignatureError, verify_artifact, verify_digest
+from wafercore.signature import SignatureError, verify_artifact, verify_digest
 
 KEY_ID = "registry-2026"
 

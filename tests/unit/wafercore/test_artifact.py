@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from edge.artifact import (
+from wafercore.artifact import (
     GOLDEN_FILE,
     MAX_MEMBER_BYTES,
     MEMBERS,
