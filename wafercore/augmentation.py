@@ -184,20 +184,26 @@ STRONG_DROP_RATE = (0.0, 0.2)
 """Share of failing die read as passing by `strong_augment` (a retest that passed)."""
 
 
-def strong_augment(grid: npt.NDArray[_Grid], rng: np.random.Generator) -> npt.NDArray[_Grid]:
-    """A heavy, still label-preserving distortion of one (H, W) map, for consistency training.
-
-    A random rotation or mirror image (any of the eight for a square map), then up to 4% of
-    the passing die turned into fails and up to 20% of the failing die into passes. The
-    pattern's place on the wafer, and so its class, is kept; its die are not.
-    """
+def random_dihedral(grid: npt.NDArray[_Grid], rng: np.random.Generator) -> npt.NDArray[_Grid]:
+    """One (H, W) map rotated and perhaps mirrored at random: any of the eight symmetries of a
+    square map, one of the four that keep a rectangular map's shape. Die values are kept."""
     if grid.ndim != 2:
         raise ValueError(f"grid must be (H, W), got shape {grid.shape}")
     square = grid.shape[0] == grid.shape[1]
     turned = np.rot90(grid, int(rng.integers(4)) if square else 2 * int(rng.integers(2)))
     if rng.random() < 0.5:
         turned = turned[:, ::-1]
-    out = np.array(turned)  # a writable copy
+    return np.array(turned)  # a contiguous, writable copy
+
+
+def strong_augment(grid: npt.NDArray[_Grid], rng: np.random.Generator) -> npt.NDArray[_Grid]:
+    """A heavy, still label-preserving distortion of one (H, W) map, for consistency training.
+
+    A random rotation or mirror image (`random_dihedral`), then up to 4% of the passing die
+    turned into fails and up to 20% of the failing die into passes. The pattern's place on the
+    wafer, and so its class, is kept; its die are not.
+    """
+    out = random_dihedral(grid, rng)
     noise = rng.random(out.shape)
     passing, failing = out == PASS, out == FAIL
     out[passing & (noise < rng.uniform(*STRONG_NOISE_RATE))] = FAIL

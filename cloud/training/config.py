@@ -117,6 +117,11 @@ class AugmentConfig(_Strict):
     """What makes the model invariant to rotation, noise and wafer size."""
 
     flips_rotations: bool = True
+    noise: bool = Field(
+        default=True,
+        description="With flips_rotations on an area input: also the brief's 1-2% noise (one "
+        "operation per map, as the token grid's); off: a random rotation or mirror image only.",
+    )
     resolution_scale: tuple[float, float] | None = Field(
         default=(0.6, 1.6),
         description="Resample each raw map to a random scale in this range before the 26x26 "

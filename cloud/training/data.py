@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud.training.config import AugmentConfig, DataConfig, OptimConfig
-from wafercore.augmentation import augment, augment_batch
+from wafercore.augmentation import augment, augment_batch, random_dihedral
 from wafercore.classes import NUM_CLASSES, DefectClass
 from wafercore.dataset import UNLABELLED, WaferDataset
 from wafercore.encoding import GRID
@@ -278,7 +278,7 @@ class BatchSampler:
             if scale is not None:
                 wafer = rescale(wafer, factors[j], limit=512)
             if self.augment.flips_rotations:
-                wafer = augment(wafer, rng)
+                wafer = augment(wafer, rng) if self.augment.noise else random_dihedral(wafer, rng)
             out[j] = area_resample(wafer[None], self.spec.size, self.spec.channels)[0]
         return out
 

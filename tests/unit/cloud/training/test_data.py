@@ -66,3 +66,17 @@ def test_area_batches_are_the_declared_input_of_augmented_raw_maps() -> None:
     plain = AugmentConfig(flips_rotations=False, resolution_scale=None)
     exact, _ = BatchSampler(raw, OptimConfig(), plain, 0, spec).batch(idx, np.random.default_rng(1))
     assert np.array_equal(exact, Part.of(raw.subset(idx)).inputs(spec, 0, len(idx)))
+
+
+def test_area_batches_without_noise_only_rotate_and_mirror() -> None:
+    raw = generate_dataset(2, np.random.default_rng(0), sizes=(30, 30))
+    spec = InputSpec(size=32, resample="area", channels=("fail", "die"))
+    plain = AugmentConfig(noise=False, resolution_scale=None)
+    sampler = BatchSampler(raw, OptimConfig(batch_size=8), plain, 0, spec)
+    idx = sampler.epoch(0, 0)[0]
+    inputs, _ = sampler.batch(idx, np.random.default_rng(2))
+    exact = Part.of(raw.subset(idx)).inputs(spec, 0, len(idx))
+    for got, want in zip(inputs, exact, strict=True):
+        views = [np.rot90(want, k, axes=(1, 2)) for k in range(4)]
+        views += [v[:, :, ::-1] for v in views]
+        assert any(np.allclose(got, v, atol=1e-6) for v in views)  # no die changed
