@@ -146,6 +146,9 @@ class SemiConfig(_Strict):
     ratio: int = Field(default=1, ge=1)
     threshold: float = Field(default=0.95, gt=0, le=1)
     flex: bool = True
+    min_threshold: float = Field(
+        default=0.7, gt=0, le=1, description="No class's threshold goes below this (flex)."
+    )
     weight: float = Field(default=1.0, gt=0)
     warmup_epochs: int = Field(
         default=1, ge=0, description="Supervised epochs before the teacher's labels are used."

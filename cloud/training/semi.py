@@ -39,24 +39,29 @@ class FlexThresholds:
 
     ``status[i]`` is the class the teacher last predicted for unlabelled map ``i`` with a
     confidence above the base threshold (`UNSEEN` otherwise). A class's learning effect is its
-    count over the largest count (or the unseen maps, while they are the majority), and its
-    threshold ``base * effect / (2 - effect)``: a class the teacher is sure of keeps the base
-    threshold, one it has rarely been sure of gets a lower bar.
+    count over the largest count, and its threshold ``base * effect / (2 - effect)``, never
+    below ``floor``: a class the teacher is sure of keeps the base threshold, one it has rarely
+    been sure of gets a lower bar. Before any confident prediction every class has the base.
+
+    FlexMatch's warm-up (dividing by the unseen maps while they are the majority) is left out
+    on purpose: with 637k unlabelled maps and ~50k drawn per epoch they stay the majority for
+    the whole run, every threshold stays near 0, and every pseudo-label is taken (measured: a
+    mask rate of 1.0 and validation macro-F1 0.755 against 0.866 without the stream).
     """
 
-    def __init__(self, size: int, base: float, *, flex: bool = True) -> None:
+    def __init__(self, size: int, base: float, *, flex: bool = True, floor: float = 0.7) -> None:
         self.base = base
         self.flex = flex
+        self.floor = min(floor, base)
         self.status = np.full(size, UNSEEN, dtype=np.int8)
 
     def per_class(self) -> npt.NDArray[np.float64]:
         """The current threshold of every class."""
-        if not self.flex:
-            return np.full(NUM_CLASSES, self.base)
         counts = np.bincount(self.status[self.status != UNSEEN], minlength=NUM_CLASSES)
-        unseen = int((self.status == UNSEEN).sum())
-        effect = counts / max(int(counts.max()), unseen, 1)
-        return self.base * effect / (2.0 - effect)
+        if not self.flex or counts.max() == 0:
+            return np.full(NUM_CLASSES, self.base)
+        effect = counts / counts.max()
+        return np.maximum(self.floor, self.base * effect / (2.0 - effect))
 
     def update(
         self, idx: npt.NDArray[np.int64], pseudo: npt.NDArray[np.int64], confidence: np.ndarray
@@ -89,7 +94,9 @@ class UnlabelledStream:
         self.config = config
         self.spec = spec
         self.size = config.ratio * batch
-        self.thresholds = FlexThresholds(len(raw), config.threshold, flex=config.flex)
+        self.thresholds = FlexThresholds(
+            len(raw), config.threshold, flex=config.flex, floor=config.min_threshold
+        )
 
     def views(
         self, rng: np.random.Generator

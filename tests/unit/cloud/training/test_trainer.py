@@ -106,7 +106,8 @@ def test_semi_supervised_training_learns_from_pseudo_labels_and_resumes_exactly(
     data.unlabelled = generate_dataset(6, np.random.default_rng(9), sizes=(20, 40))
     base = _config(2, kind="cnn")
     config = base.model_copy(
-        update={"semi": SemiConfig(threshold=0.3, ratio=1, weight=1.0, warmup_epochs=1)}
+        # An untrained teacher is barely above 1/9 sure: a low bar, so pseudo-labels are taken.
+        update={"semi": SemiConfig(threshold=0.115, ratio=1, weight=1.0, warmup_epochs=1)}
     )
     straight = train(config, data, tmp_path / "straight")
     first, second = straight.history
@@ -122,12 +123,15 @@ def test_semi_supervised_training_learns_from_pseudo_labels_and_resumes_exactly(
 
 
 def test_flex_thresholds_lower_the_bar_for_classes_the_teacher_is_rarely_sure_of() -> None:
-    thresholds = FlexThresholds(10, 0.9)
-    assert thresholds.per_class().tolist() == [0.0] * 9  # warm-up: nothing learnt yet
+    thresholds = FlexThresholds(1000, 0.9, floor=0.1)
+    assert thresholds.per_class().tolist() == [0.9] * 9  # nothing confident yet: the base
     idx = np.arange(10)
     pseudo = np.array([0] * 8 + [1, 1])
     thresholds.update(idx, pseudo, np.full(10, 0.95))
     bar = thresholds.per_class()
+    # Not lowered by the 990 maps never seen (FlexMatch's warm-up would keep every bar near 0).
     assert bar[0] == pytest.approx(0.9)  # the most confident class keeps the base threshold
     assert bar[1] == pytest.approx(0.9 * 0.25 / 1.75)
+    assert bar[2] == pytest.approx(0.1)  # never confident: the floor, not 0
+    assert FlexThresholds(10, 0.9, floor=0.7).per_class()[1:].min() >= 0.7
     assert FlexThresholds(10, 0.9, flex=False).per_class().tolist() == [0.9] * 9
