@@ -21,9 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
-from cloud.evaluation.metrics import accuracy, macro_f1
 from cloud.models.cnn import BaselineCNN, CNNConfig
 from cloud.models.trm import TinyRecursiveModel
 from cloud.training.config import TrainConfig
@@ -32,11 +30,9 @@ from cloud.training.data import (
     Part,
     PreparedData,
     add_synthetic,
-    class_weights,
 )
-from cloud.training.losses import deep_supervision_loss
-from cloud.training.semi import SemiStats, UnlabelledStream
-from wafercore.classes import NUM_CLASSES
+from cloud.training.epochs import LossTerms, Run, epoch_record, train_epoch
+from cloud.training.semi import UnlabelledStream
 from wafercore.model_input import InputSpec
 
 log = logging.getLogger(__name__)
@@ -174,205 +170,86 @@ def train(
         stop_after_epochs: end this call after that many epochs (a time-boxed session); a later
             ``resume=True`` call finishes the schedule exactly as one uninterrupted run would.
     """
+    run = _start(config, data, run_dir)
+    if resume and (run_dir / LAST).exists():
+        run.restore(torch.load(run_dir / LAST, map_location=run.device, weights_only=False))
+    end_epoch = config.optim.epochs
+    if stop_after_epochs is not None:
+        end_epoch = min(end_epoch, run.start_epoch + stop_after_epochs)
+    for epoch in range(run.start_epoch, end_epoch):
+        started = time.perf_counter()
+        sums = train_epoch(run, epoch, step_outputs=step_outputs, as_tensor=as_tensor)
+        probs = predict_steps(run.ema.model, data.val, run.device, run.spec)
+        record = epoch_record(run, epoch, sums, probs, started)
+        run.history.append(record)
+        log.info(
+            "epoch %d: %s", epoch + 1, {k: v for k, v in record.items() if not isinstance(v, list)}
+        )
+        is_best = record["val_macro_f1"] > run.best_f1
+        if is_best:
+            run.best_f1, run.best_epoch = record["val_macro_f1"], epoch + 1
+        ckpt = run.checkpoint(epoch)
+        _atomic_save(ckpt, run_dir / LAST)
+        if is_best:
+            _atomic_save(ckpt, run_dir / BEST)
+    return TrainResult(
+        run_dir=run_dir,
+        best_epoch=run.best_epoch,
+        best_val_macro_f1=run.best_f1,
+        history=run.history,
+    )
+
+
+def _start(config: TrainConfig, data: PreparedData, run_dir: Path) -> Run:
+    """A fresh run: seeded model, EMA, sampler, unlabelled stream, optimiser and schedule."""
     run_dir.mkdir(parents=True, exist_ok=True)
     code = code_version()  # the code this run started with, not HEAD at each checkpoint
     seed_everything(config.seed)
     device = pick_device(config.device)
     model = build_model(config).to(device)
-    optim_cfg = config.optim
+    optim = config.optim
     train_raw = add_synthetic(
         data.train_raw,
         config.augment.synthetic_per_class,
         np.random.default_rng([config.seed, SYNTHETIC_STREAM]),
     )
     spec = config.input.spec()
-    sampler = BatchSampler(train_raw, optim_cfg, config.augment, config.seed, spec)
+    sampler = BatchSampler(train_raw, optim, config.augment, config.seed, spec)
     stream = (
-        UnlabelledStream(data.unlabelled, config.semi, spec, optim_cfg.batch_size)
+        UnlabelledStream(data.unlabelled, config.semi, spec, optim.batch_size)
         if config.semi is not None and data.unlabelled is not None
         else None
     )
-    semi_weight = config.semi.weight if config.semi is not None else 0.0
-    semi_warmup = config.semi.warmup_epochs if config.semi is not None else 0
-    steps_per_epoch = len(sampler.epoch(0, config.seed))
-    total_steps = steps_per_epoch * optim_cfg.epochs
-
+    total_steps = len(sampler.epoch(0, config.seed)) * optim.epochs
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (decay if p.ndim >= 2 and "embed" not in name else no_decay).append(p)
     optimizer = torch.optim.AdamW(
         [
-            {"params": decay, "weight_decay": optim_cfg.weight_decay},
+            {"params": decay, "weight_decay": optim.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ],
-        lr=optim_cfg.lr,
+        lr=optim.lr,
         betas=(0.9, 0.95),
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: lr_lambda(s, total_steps, optim_cfg.warmup_steps, optim_cfg.min_lr_ratio),
+        optimizer, lambda s: lr_lambda(s, total_steps, optim.warmup_steps, optim.min_lr_ratio)
     )
-    ema = EMA(model, optim_cfg.ema_decay)
-    weights = torch.tensor(
-        class_weights(train_raw.labels, optim_cfg.class_weighting),
-        dtype=torch.float32,
+    return Run(
+        config=config,
+        data=data,
+        train_raw=train_raw,
+        run_dir=run_dir,
         device=device,
-    )
-    logit_bias = None
-    if optim_cfg.class_weighting == "logit_adjust":
-        prior = np.bincount(train_raw.labels, minlength=NUM_CLASSES) / len(train_raw)
-        logit_bias = torch.tensor(
-            np.log(np.maximum(prior, 1e-8)), dtype=torch.float32, device=device
-        )
-        weights = None
-    elif optim_cfg.class_weighting == "none":
-        weights = None
-
-    history: list[dict[str, Any]] = []
-    start_epoch, global_step, best_f1, best_epoch = 0, 0, -1.0, -1
-    if resume and (run_dir / LAST).exists():
-        ckpt = torch.load(run_dir / LAST, map_location=device, weights_only=False)
-        if ckpt["config"] != config.to_dict():
-            raise ValueError(
-                f"{run_dir / LAST} was trained with another config; refusing to resume"
-            )
-        model.load_state_dict(ckpt["model"])
-        ema.model.load_state_dict(ckpt["ema"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        start_epoch, global_step = ckpt["epoch"] + 1, ckpt["global_step"]
-        history, best_f1, best_epoch = (
-            ckpt["history"],
-            ckpt["best_val_macro_f1"],
-            ckpt["best_epoch"],
-        )
-        torch.set_rng_state(ckpt["torch_rng"])
-        if stream is not None:
-            stream.load_state(ckpt["semi"])
-        log.info("resumed from epoch %d", ckpt["epoch"])
-
-    autocast = device.type == "cuda"
-    end_epoch = optim_cfg.epochs
-    if stop_after_epochs is not None:
-        end_epoch = min(end_epoch, start_epoch + stop_after_epochs)
-    for epoch in range(start_epoch, end_epoch):
-        model.train()
-        rng = np.random.default_rng([config.seed, epoch, 1])
-        batches = sampler.epoch(epoch, config.seed)
-        started = time.perf_counter()
-        sums = {"loss": 0.0, "ce": 0.0, "halt": 0.0, "semi": 0.0, "mask": 0.0}
-        step_acc = np.zeros(0)
-        bar = tqdm(
-            batches, desc=f"epoch {epoch + 1}/{optim_cfg.epochs}", unit="batch", mininterval=10
-        )
-        for idx in bar:
-            inputs, labels = sampler.batch(idx, rng)
-            tokens = as_tensor(inputs, device)
-            targets = torch.from_numpy(labels).to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                logits, halts = step_outputs(model, tokens)
-            parts = deep_supervision_loss(
-                [lg.float() for lg in logits],
-                None if halts is None else [h.float() for h in halts],
-                targets,
-                class_weight=weights,
-                logit_bias=logit_bias,
-                halt_lambda=optim_cfg.halt_lambda,
-                label_smoothing=optim_cfg.label_smoothing,
-            )
-            total = parts.total
-            if stream is not None and epoch >= semi_warmup:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                    semi = _semi_loss(stream, model, ema.model, rng, device)
-                total = total + semi_weight * semi[0]
-                sums["semi"] += semi[1].loss
-                sums["mask"] += semi[1].mask_rate
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), optim_cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            ema.update(model, global_step)
-            global_step += 1
-            sums["loss"] += parts.total.item()
-            sums["ce"] += parts.ce
-            sums["halt"] += parts.halt
-            step_acc = (
-                step_acc + np.array(parts.step_accuracy)
-                if step_acc.size
-                else np.array(parts.step_accuracy)
-            )
-            bar.set_postfix(loss=f"{parts.total.item():.3f}", acc=f"{parts.step_accuracy[-1]:.2f}")
-        n = len(batches)
-        probs = predict_steps(ema.model, data.val, device, spec)
-        val_pred = probs[-1].argmax(-1)
-        f1, acc = macro_f1(data.val.labels, val_pred), accuracy(data.val.labels, val_pred)
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": sums["loss"] / n,
-            "train_ce": sums["ce"] / n,
-            "train_halt": sums["halt"] / n,
-            "train_semi_loss": sums["semi"] / n,
-            "semi_mask_rate": sums["mask"] / n,
-            "train_step_accuracy": (step_acc / n).tolist(),
-            "val_macro_f1": f1,
-            "val_accuracy": acc,
-            "val_step_accuracy": [float((p.argmax(-1) == data.val.labels).mean()) for p in probs],
-            "lr": scheduler.get_last_lr()[0],
-            "seconds": time.perf_counter() - started,
-        }
-        history.append(record)
-        log.info(
-            "epoch %d: %s", epoch + 1, {k: v for k, v in record.items() if not isinstance(v, list)}
-        )
-        is_best = f1 > best_f1
-        if is_best:
-            best_f1, best_epoch = f1, epoch + 1
-        ckpt = {
-            "config": config.to_dict(),
-            "kind": config.kind,
-            "architecture": model.config.to_dict()
-            if hasattr(model.config, "to_dict")
-            else vars(model.config),
-            "code_version": code,
-            "data": {
-                **data.provenance,
-                "synthetic_rows": len(train_raw) - len(data.train_raw),
-            },
-            "model": model.state_dict(),
-            "ema": ema.model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "epoch": epoch,
-            "global_step": global_step,
-            "history": history,
-            "best_val_macro_f1": best_f1,
-            "best_epoch": best_epoch,
-            "torch_rng": torch.get_rng_state(),
-            "semi": stream.state() if stream is not None else None,
-        }
-        _atomic_save(ckpt, run_dir / LAST)
-        if is_best:
-            _atomic_save(ckpt, run_dir / BEST)
-    return TrainResult(
-        run_dir=run_dir, best_epoch=best_epoch, best_val_macro_f1=best_f1, history=history
-    )
-
-
-def _semi_loss(
-    stream: UnlabelledStream,
-    model: nn.Module,
-    teacher: nn.Module,
-    rng: np.random.Generator,
-    device: torch.device,
-) -> tuple[Tensor, SemiStats]:
-    """One unlabelled batch's consistency loss (`cloud.training.semi`)."""
-    return stream.loss(
-        lambda x: step_outputs(model, x)[0],
-        teacher,
-        lambda m, x: step_outputs(m, x)[0][-1],
-        rng,
-        lambda a: as_tensor(a, device),
+        model=model,
+        ema=EMA(model, optim.ema_decay),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        sampler=sampler,
+        stream=stream,
+        terms=LossTerms.of(train_raw.labels, optim, device),
+        code=code,
+        spec=spec,
     )
 
 
