@@ -177,7 +177,7 @@ class ClassifyService:
         requests = [_request_key(w) for w in wafers]
         known = self._outbox.answers([k for k in requests if k is not None])
         results: list[Classified | None] = [
-            None if key is None or key not in known else _from_answer(wafer, *known[key])
+            None if key is None or key not in known else _replayed(wafer, *known[key])
             for wafer, key in zip(wafers, requests, strict=True)
         ]
         fresh = [i for i, result in enumerate(results) if result is None]
@@ -187,20 +187,22 @@ class ClassifyService:
             )
             stamp = Timestamp()
             stamp.FromDatetime(self._clock())
-            messages = [
-                _to_message(wafers[i], p, maps[i], stamp)
-                for i, p in zip(fresh, predictions, strict=True)
+            answers = [
+                _to_message(wafers[i], p, stamp) for i, p in zip(fresh, predictions, strict=True)
             ]
+            # Each answer is serialised once without its map (what a retry gets back), once
+            # with it (what the fab gets).
             stations = [
-                _station_request(wafers[i], requests[i], message)
-                for i, message in zip(fresh, messages, strict=True)
+                _station_request(requests[i], answer)
+                for i, answer in zip(fresh, answers, strict=True)
             ]
+            messages = [_with_map(a, maps[i]) for i, a in zip(fresh, answers, strict=True)]
             ids = self._store_results(messages, stations)
-            for i, prediction, sequence, message in zip(
-                fresh, predictions, ids, messages, strict=True
+            for i, prediction, sequence, answer in zip(
+                fresh, predictions, ids, answers, strict=True
             ):
-                # From the stored message, so a retry's answer is this one, bit for bit.
-                results[i] = _from_answer(wafers[i], sequence, message, replayed=False)
+                # Read back from the message (float32 fields), so a retry's answer is this one.
+                results[i] = _classified(wafers[i], sequence, answer, replayed=False)
                 self._metrics.observe(
                     latency_ms=prediction.latency_ms,
                     steps=prediction.steps,
@@ -251,22 +253,22 @@ def _request_key(wafer: WaferInput) -> tuple[str, int] | None:
     return (wafer.wafer_id, (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds)
 
 
-def _station_request(
-    wafer: WaferInput, key: tuple[str, int] | None, message: bytes
-) -> StationRequest | None:
-    """The outbox's retry key and stored answer (the result without its map) of a wafer."""
+def _station_request(key: tuple[str, int] | None, answer: Any) -> StationRequest | None:
+    """The outbox's retry key and stored answer (the result without its map), if any."""
     if key is None:
         return None
-    answer = common_pb2.Classification.FromString(message)
-    answer.ClearField("wafer_map")
-    return StationRequest(wafer_id=key[0], tested_at_us=key[1], answer=answer.SerializeToString())
+    return StationRequest(key[0], key[1], answer=answer.SerializeToString())
 
 
-def _from_answer(
-    wafer: WaferInput, sequence: int, answer: bytes, *, replayed: bool = True
+def _replayed(wafer: WaferInput, sequence: int, answer: bytes) -> Classified:
+    """The stored answer to an earlier request with the same wafer id and test time."""
+    return _classified(wafer, sequence, common_pb2.Classification.FromString(answer))
+
+
+def _classified(
+    wafer: WaferInput, sequence: int, message: Any, *, replayed: bool = True
 ) -> Classified:
-    """A result from its stored contract message (the answer to a retry, or the first one)."""
-    message = common_pb2.Classification.FromString(answer)
+    """A result from its contract message (the answer to a retry, or the first one)."""
     return Classified(
         wafer_id=wafer.wafer_id,
         prediction=int(message.prediction),
@@ -302,12 +304,9 @@ def _fast_array(rows: Any) -> Any:
         return rows
 
 
-def _to_message(
-    wafer: WaferInput, result: Prediction, wafer_map: npt.NDArray[np.uint8], stamp: Timestamp
-) -> bytes:
-    """The contract Classification of a result, with its canonical map and the station's time;
-    the uplink sets ``node_id`` and ``sequence`` when it sends it."""
-    rows, cols = wafer_map.shape
+def _to_message(wafer: WaferInput, result: Prediction, stamp: Timestamp) -> Any:
+    """The contract Classification of a result with the station's time, not yet its map; the
+    uplink sets ``node_id`` and ``sequence`` when it sends it."""
     message = common_pb2.Classification(
         wafer_id=wafer.wafer_id,
         lot_id=wafer.lot_id,
@@ -319,12 +318,6 @@ def _to_message(
         model_version=result.model_version,
         flagged_for_review=result.flagged,
         classified_at=stamp,
-        wafer_map=common_pb2.WaferMap(
-            rows=rows,
-            cols=cols,
-            values=np.ascontiguousarray(wafer_map, dtype=np.uint8).tobytes(),
-            encoding=common_pb2.DIE_ENCODING_CANONICAL,
-        ),
         review_reason=(
             common_pb2.REVIEW_REASON_LOW_CONFIDENCE
             if result.flagged
@@ -333,4 +326,18 @@ def _to_message(
     )
     if wafer.tested_at is not None:
         message.tested_at.FromDatetime(wafer.tested_at)
+    return message
+
+
+def _with_map(message: Any, wafer_map: npt.NDArray[np.uint8]) -> bytes:
+    """The message with its canonical map, serialised: what the outbox keeps for the fab."""
+    rows, cols = wafer_map.shape
+    message.wafer_map.CopyFrom(
+        common_pb2.WaferMap(
+            rows=rows,
+            cols=cols,
+            values=np.ascontiguousarray(wafer_map, dtype=np.uint8).tobytes(),
+            encoding=common_pb2.DIE_ENCODING_CANONICAL,
+        )
+    )
     return bytes(message.SerializeToString())

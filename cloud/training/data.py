@@ -245,7 +245,8 @@ class BatchSampler:
         self.weights = sampling_weights(
             raw.labels, raw.shapes, optim.sampling, size_balanced=optim.size_balanced
         )
-        self.grids = dataset_to_grids(raw)
+        # The 26x26 grids only feed the token input; an area input is built from the raw maps.
+        self.grids = dataset_to_grids(raw) if self.spec.is_tokens else None
 
     def epoch(self, epoch: int, seed: int) -> list[npt.NDArray[np.int64]]:
         """Index batches of one epoch, deterministic by (seed, epoch)."""
@@ -288,6 +289,7 @@ class BatchSampler:
         """Augmented (B, 26, 26) grids and labels for the rows ``idx``."""
         scale = self.augment.resolution_scale
         if scale is None:
+            assert self.grids is not None  # a token input's sampler has them
             grids = self.grids[idx]
         else:
             grids = np.empty((len(idx), GRID, GRID), np.uint8)
