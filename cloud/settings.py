@@ -4,14 +4,41 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+class GateSettings(BaseModel):
+    """The promotion gate: what a candidate must reach to be registered as ``candidate``."""
+
+    min_macro_f1_gain: float = Field(
+        default=0.005, description="Macro-F1 at least the champion's plus this."
+    )
+    min_accuracy: float = Field(default=0.93, ge=0, le=1)
+    min_class_f1: float = Field(default=0.70, ge=0, le=1, description="Every class at least.")
+    max_p99_ms: float = Field(
+        default=50.0, gt=0, description="Batch-1 p99 on the exported runtime."
+    )
+
+
+class DataChecks(BaseModel):
+    """The brief's checks of the labelled data, before any training."""
+
+    min_agreement: float = Field(
+        default=0.85, ge=0, le=1, description="Inter-annotator agreement where two reviews exist."
+    )
+    min_per_class: int = Field(default=100, ge=0, description="Samples per class at least.")
+    max_review_age_days: int = Field(default=90, ge=1, description="Reviewed labels newer than.")
 
 
 class CloudSettings(BaseSettings):
-    """Environment of the cloud tier (prefix ``CLOUD_``)."""
+    """Environment of the cloud tier (prefix ``CLOUD_``; nested: ``CLOUD_GATE__MIN_ACCURACY``)."""
 
-    model_config = SettingsConfigDict(env_prefix="CLOUD_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="CLOUD_", env_nested_delimiter="__", extra="ignore"
+    )
 
     data_dir: Path | None = Field(
         default=None,
@@ -20,11 +47,75 @@ class CloudSettings(BaseSettings):
     )
     work_dir: Path = Field(default=Path("var/cloud"), description="Runs, checkpoints, caches.")
     torch_threads: int = Field(default=0, description="CPU threads for PyTorch; 0 = all cores.")
+    configs_dir: Path = Field(
+        default=REPO_CONFIGS, description="Training configs a job may name (NAME.yaml)."
+    )
+
+    # The cloud database: jobs, steps, logs, API tokens, deployment history, reviewed labels.
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default SQLite in work_dir (cloud.db)."
+    )
+    db_schema: str | None = Field(default=None, description="PostgreSQL schema (tests).")
+
+    # MLflow: the registry of every model version.
+    mlflow_tracking_uri: str = Field(default="http://127.0.0.1:5000")
+    mlflow_backend_store_uri: str | None = Field(
+        default=None, description="`mlflow server` store; default SQLite in work_dir."
+    )
+    mlflow_artifacts_destination: str | None = Field(
+        default=None, description="`mlflow server` artifact root; default a folder in work_dir."
+    )
+    registered_model: str = Field(default="wafer-classifier")
+
+    # Celery on Redis.
+    broker_url: str = Field(default="redis://127.0.0.1:6379/0")
+    result_backend: str = Field(default="redis://127.0.0.1:6379/0")
+    task_queue: str = Field(default="wafer-cloud", description="The Celery queue of the steps.")
+    task_always_eager: bool = Field(
+        default=False, description="Run tasks in-process (the demo without Redis)."
+    )
+
+    # The REST API.
+    api_host: str = Field(default="127.0.0.1")
+    api_port: int = Field(default=8300, ge=0, le=65535)
+    api_url: str = Field(
+        default="http://127.0.0.1:8300", description="Where `train --remote` finds the API."
+    )
+    api_token: str | None = Field(default=None, description="Bearer token of `train --remote`.")
+
+    # Signing of registered artifacts.
+    signing_key: Path | None = Field(default=None, description="Ed25519 private key (PEM).")
+    signing_key_id: str = Field(default="cloud-dev")
+
+    gate: GateSettings = Field(default_factory=GateSettings)
+    checks: DataChecks = Field(default_factory=DataChecks)
 
     @property
     def cache_dir(self) -> Path:
         """Where preprocessed data is cached, keyed by the source file's sha256."""
         return self.work_dir / "cache"
+
+    @property
+    def db_url(self) -> str:
+        """The cloud database's URL (SQLite in ``work_dir`` unless configured)."""
+        return self.database_url or f"sqlite:///{(self.work_dir / 'cloud.db').resolve()}"
+
+    @property
+    def mlflow_store(self) -> str:
+        """The backend store of the MLflow server this tier starts."""
+        default = f"sqlite:///{(self.work_dir / 'mlflow.db').resolve()}"
+        return self.mlflow_backend_store_uri or default
+
+    @property
+    def mlflow_artifacts(self) -> str:
+        """The artifact root of the MLflow server this tier starts."""
+        default = str((self.work_dir / "mlflow-artifacts").resolve())
+        return self.mlflow_artifacts_destination or default
+
+    @property
+    def jobs_dir(self) -> Path:
+        """Per-job working folders (checkpoints, exported models)."""
+        return self.work_dir / "jobs"
 
     def resolve_data(self, path: Path) -> Path:
         """A config's data path: absolute as given, else relative to ``data_dir``."""

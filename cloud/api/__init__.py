@@ -1,0 +1,1 @@
+"""The cloud's REST API (FastAPI): training jobs, the model registry, deployments."""

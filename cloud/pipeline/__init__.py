@@ -1,0 +1,1 @@
+"""The retraining pipeline: one Celery task per step, each idempotent, its state in the database."""

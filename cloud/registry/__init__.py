@@ -1,0 +1,1 @@
+"""The model registry on MLflow (versions, aliases) and the deployment history MLflow lacks."""

@@ -1,0 +1,1 @@
+"""The cloud's service functions; the REST routes and the CLI are thin transports over them."""
