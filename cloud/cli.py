@@ -31,25 +31,67 @@ def main(ctx: click.Context, verbose: bool) -> None:
     ctx.obj = CloudSettings()
 
 
-@main.command(help="Train a model from a YAML config; resumable; exports and evaluates it.")
+@main.command(
+    help="Train a model from a YAML config; resumable; exports and evaluates it. With --remote, "
+    "queue a retraining job on the cloud API (CLOUD_API_URL, CLOUD_API_TOKEN) and follow it; "
+    "exit status 0 succeeded, 1 failed, 3 rejected by the gate, 4 cancelled."
+)
 @click.option(
     "--config",
-    "config_path",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    "config",
     required=True,
-    help="Training config (configs/*.yaml).",
+    help="Training config: a file (configs/*.yaml); with --remote, a config name of the server "
+    "(a path stands for its name).",
 )
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), help="Checkpoints.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Model directory.")
 @click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint.")
+@click.option("--remote", is_flag=True, help="Train on the cloud's workers, through the API.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="With --remote: override a config value by dotted path (repeatable; YAML values).",
+)
+@click.option("--reason", default="", help="With --remote: why (recorded with the job).")
 @click.pass_obj
 def train(
+    settings: CloudSettings,
+    config: str,
+    run_dir: Path | None,
+    out: Path | None,
+    resume: bool,
+    remote: bool,
+    overrides: tuple[str, ...],
+    reason: str,
+) -> None:
+    """Run a training config end to end, here or (``--remote``) on the cloud's workers."""
+    if remote:
+        from cloud.api.commands import parse_overrides, train_remote
+
+        if run_dir or out or resume:
+            raise click.UsageError("--run-dir, --out and --resume are for local training")
+        train_remote(
+            settings,
+            config=config,
+            overrides=parse_overrides(overrides),
+            reason=reason or "wafer-cloud train --remote",
+        )
+        return
+    if overrides:
+        raise click.UsageError("--set is for --remote (edit the config file to train here)")
+    _train_here(settings, Path(config), run_dir, out, resume)
+
+
+def _train_here(
     settings: CloudSettings, config_path: Path, run_dir: Path | None, out: Path | None, resume: bool
 ) -> None:
-    """Run a training config end to end."""
     from cloud.training.config import load_config
     from cloud.training.pipeline import run_training
 
+    if not config_path.is_file():
+        raise click.BadParameter(f"file {str(config_path)!r} does not exist", param_hint="--config")
     try:
         config = load_config(config_path)
     except ValueError as err:
@@ -58,9 +100,20 @@ def train(
         import torch
 
         torch.set_num_threads(settings.torch_threads)
+    from cloud.training.distributed import DistributedContext
+
+    try:  # under torchrun: one DDP replica per process (WORLD_SIZE, RANK, ...)
+        distributed = DistributedContext.from_environment()
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    if not distributed.is_main:  # rank 0 alone logs
+        logging.getLogger().setLevel(logging.WARNING)
     run_dir = run_dir or settings.work_dir / "runs" / config.version
-    model_dir = run_training(config, settings, run_dir, out=out, resume=resume)
-    click.echo(f"model written to {model_dir}")
+    model_dir = run_training(
+        config, settings, run_dir, out=out, resume=resume, distributed=distributed
+    )
+    if distributed.is_main:
+        click.echo(f"model written to {model_dir}")
 
 
 @main.command(help="Evaluate a model directory on a data file; writes report.json, .md, plots.")
@@ -195,3 +248,26 @@ def package(model_dir: Path, private_key: Path, key_id: str, out: Path, golden: 
     click.echo(f"sha256:  {artifact.sha256}")
     click.echo(f"size:    {artifact.size_bytes} bytes")
     click.echo(f"written: {artifact.path} and {artifact.signature_path} (key {artifact.key_id})")
+
+
+# The API's commands live beside the API (cloud.api.commands); registered here, on the group.
+from cloud.api.commands import serve, tokens  # noqa: E402
+
+main.add_command(serve)
+main.add_command(tokens)
+
+# The registry's commands live beside the registry (cloud.registry.commands).
+from cloud.registry.commands import models, registry  # noqa: E402
+
+main.add_command(registry)
+main.add_command(models)
+
+# The retraining pipeline's processes live beside the pipeline (cloud.pipeline.commands).
+from cloud.pipeline.commands import beat, worker  # noqa: E402
+
+main.add_command(worker)
+main.add_command(beat)
+
+
+if __name__ == "__main__":  # `python -m cloud.cli` (for example under torchrun)
+    main()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -37,7 +37,7 @@ class CloudSettings(BaseSettings):
     """Environment of the cloud tier (prefix ``CLOUD_``; nested: ``CLOUD_GATE__MIN_ACCURACY``)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="CLOUD_", env_nested_delimiter="__", extra="ignore"
+        env_prefix="CLOUD_", env_nested_delimiter="__", extra="ignore", populate_by_name=True
     )
 
     data_dir: Path | None = Field(
@@ -75,6 +75,25 @@ class CloudSettings(BaseSettings):
         default=False, description="Run tasks in-process (the demo without Redis)."
     )
 
+    # The retraining pipeline: leases on running steps, recovery of lost workers, retries.
+    heartbeat_s: float = Field(
+        default=10.0, gt=0, description="How often a running step renews its lease."
+    )
+    stale_after_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="A running step whose lease is older is taken to have lost its worker.",
+    )
+    recover_every_s: float = Field(
+        default=60.0, gt=0, description="How often `wafer-cloud beat` looks for lost steps."
+    )
+    step_max_attempts: int = Field(
+        default=3, ge=1, description="Attempts of one step (errors, lost workers) before failing."
+    )
+    step_retry_delay_s: float = Field(
+        default=10.0, ge=0, description="Wait before retrying a step after an error."
+    )
+
     # The REST API.
     api_host: str = Field(default="127.0.0.1")
     api_port: int = Field(default=8300, ge=0, le=65535)
@@ -89,6 +108,16 @@ class CloudSettings(BaseSettings):
 
     gate: GateSettings = Field(default_factory=GateSettings)
     checks: DataChecks = Field(default_factory=DataChecks)
+
+    @model_validator(mode="after")
+    def _lease_outlives_heartbeats(self) -> CloudSettings:
+        # Two missed heartbeats must not make a working step look lost.
+        if self.heartbeat_s * 2 >= self.stale_after_s:
+            raise ValueError(
+                f"stale_after_s ({self.stale_after_s}) must exceed twice heartbeat_s "
+                f"({self.heartbeat_s})"
+            )
+        return self
 
     @property
     def cache_dir(self) -> Path:

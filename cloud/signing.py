@@ -8,10 +8,12 @@ else. The artifact layout itself is `wafercore.artifact`'s, shared with the node
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -26,12 +28,22 @@ from wafercore.runtime import MANIFEST_FILE, MODEL_FILE, ModelRuntime
 from wafercore.signature import KEY_ID, PUBLIC_KEY_SUFFIX
 from wafercore.synthetic import generate_map
 
+if TYPE_CHECKING:
+    from cloud.settings import CloudSettings
+
+log = logging.getLogger(__name__)
+
 PRIVATE_KEY_SUFFIX = ".key"
 """The private key ``ID`` is written as ``ID.key`` (PEM, PKCS#8, mode 0600)."""
 GOLDEN_SEED = 20_260_501
 """Seed of the golden wafers: fixed, so every artifact of a model carries the same inputs."""
 GOLDEN_SIZES = (15, 80)
 """Range of rows and columns of the golden wafers (small and large products)."""
+DEV_KEYS_DIR = "keys"
+"""Folder of ``work_dir`` where the development signing key is generated."""
+
+# Development keys already announced in this process (one warning each, not one per model).
+_warned_dev_keys: set[Path] = set()
 
 
 @dataclass(frozen=True)
@@ -203,3 +215,49 @@ def package_model(
         key_id=key_id,
         golden=golden,
     )
+
+
+def ensure_keypair(settings: CloudSettings) -> tuple[Path, str]:
+    """The key that signs the registry's artifacts: its private key file and key id.
+
+    ``settings.signing_key`` (with ``settings.signing_key_id``) when configured. Otherwise a
+    development key, generated once under ``settings.work_dir / "keys"`` and reused after; its
+    public half (``<key_id>.pub`` beside it) is what nodes must pin to accept these artifacts.
+    A development key lives next to the data it signs, so it is announced with a warning.
+
+    Returns:
+        The private key (PEM) and the key id nodes know it by.
+
+    Raises:
+        ValueError: a malformed key id.
+        FileNotFoundError: the configured key file does not exist, or a development key's
+            public half exists without its private key.
+    """
+    key_id = settings.signing_key_id
+    _check_key_id(key_id)
+    if settings.signing_key is not None:
+        if not settings.signing_key.is_file():
+            raise FileNotFoundError(f"signing key {settings.signing_key} does not exist")
+        return settings.signing_key, key_id
+    keys_dir = settings.work_dir / DEV_KEYS_DIR
+    private_key = keys_dir / f"{key_id}{PRIVATE_KEY_SUFFIX}"
+    if not private_key.is_file():
+        try:
+            generate_keypair(keys_dir, key_id)
+        except FileExistsError:
+            # Another process generated it first; its private key is there too, or it is gone.
+            if not private_key.is_file():
+                raise FileNotFoundError(
+                    f"{keys_dir / (key_id + PUBLIC_KEY_SUFFIX)} exists without {private_key}: "
+                    "remove it or configure a signing key"
+                ) from None
+    resolved = private_key.resolve()
+    if resolved not in _warned_dev_keys:
+        _warned_dev_keys.add(resolved)
+        log.warning(
+            "signing with the development key %s (key id %r): configure a signing key "
+            "(CLOUD_SIGNING_KEY, CLOUD_SIGNING_KEY_ID) before any real deployment",
+            resolved,
+            key_id,
+        )
+    return private_key, key_id

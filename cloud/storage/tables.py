@@ -80,7 +80,9 @@ class TrainingJobRow(Base):
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     verdict: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    model_version: Mapped[str | None] = mapped_column(String(128))
+    # The version the job builds, assigned when it collects its data: unique, so two jobs
+    # never build (and register) the same version.
+    model_version: Mapped[str | None] = mapped_column(String(128), unique=True)
     error: Mapped[str | None] = mapped_column(Text)
     # The worker running it and when it last said so: a stale heartbeat means a lost worker.
     worker: Mapped[str | None] = mapped_column(String(255))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from tqdm import tqdm
 from cloud.evaluation.metrics import accuracy, macro_f1
 from cloud.training.config import OptimConfig, TrainConfig
 from cloud.training.data import BatchSampler, PreparedData, class_weights
+from cloud.training.distributed import Replicas
 from cloud.training.losses import LossParts, deep_supervision_loss
 from cloud.training.semi import UnlabelledStream
 from wafercore.classes import NUM_CLASSES
@@ -59,6 +61,23 @@ class EpochSums:
     batches: int = 0
     step_accuracy: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
+    def pooled(self, replicas: Replicas) -> EpochSums:
+        """These sums averaged over the ranks (each ran as many batches): the whole batch's."""
+        if not replicas.enabled:
+            return self
+        head = [self.loss, self.ce, self.halt, self.semi, self.mask]
+        mean = replicas.mean(np.array([*head, *self.step_accuracy], dtype=np.float64))
+        loss, ce, halt, semi, mask = (float(v) for v in mean[: len(head)])
+        return EpochSums(
+            loss=loss,
+            ce=ce,
+            halt=halt,
+            semi=semi,
+            mask=mask,
+            batches=self.batches,
+            step_accuracy=mean[len(head) :],
+        )
+
     def add(self, parts: LossParts) -> None:
         """Count one batch's supervised loss."""
         self.batches += 1
@@ -87,6 +106,8 @@ class Run:
     terms: LossTerms
     code: str
     spec: InputSpec
+    replicas: Replicas  # the other training processes, if any
+    trained: nn.Module  # what the step calls: ``model``, or DDP around it (gradients averaged)
     history: list[dict[str, Any]] = field(default_factory=list)
     start_epoch: int = 0
     global_step: int = 0
@@ -142,25 +163,39 @@ class Run:
         }
 
 
-def train_epoch(run: Run, epoch: int, *, step_outputs: Any, as_tensor: Any) -> EpochSums:
-    """One pass of optimiser steps over the epoch's batches (and unlabelled batches)."""
+def train_epoch(
+    run: Run,
+    epoch: int,
+    *,
+    step_outputs: Any,
+    as_tensor: Any,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> EpochSums:
+    """One pass of optimiser steps over the epoch's batches (and unlabelled batches).
+
+    Args:
+        on_batch: called after each optimiser step with (batches done, batches in the epoch);
+            an exception it raises stops the epoch there (nothing of it is checkpointed).
+    """
     config, optim = run.config, run.config.optim
     run.model.train()
-    rng = np.random.default_rng([config.seed, epoch, 1])
+    rng = np.random.default_rng([config.seed, epoch, 1, *run.replicas.rank_stream])
     autocast = run.device.type == "cuda"
     semi = config.semi if run.stream is not None else None
     sums = EpochSums()
+    batches = run.sampler.epoch(epoch, config.seed)
     bar = tqdm(
-        run.sampler.epoch(epoch, config.seed),
+        batches,
         desc=f"epoch {epoch + 1}/{optim.epochs}",
         unit="batch",
         mininterval=10,
+        disable=not run.replicas.is_main,
     )
-    for idx in bar:
-        inputs, labels = run.sampler.batch(idx, rng)
+    for done, idx in enumerate(bar, start=1):
+        inputs, labels = run.sampler.batch(run.replicas.shard(idx), rng)
         targets = torch.from_numpy(labels).to(run.device)
         with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits, halts = step_outputs(run.model, as_tensor(inputs, run.device))
+            logits, halts = step_outputs(run.trained, as_tensor(inputs, run.device))
         parts = deep_supervision_loss(
             [lg.float() for lg in logits],
             None if halts is None else [h.float() for h in halts],
@@ -174,7 +209,7 @@ def train_epoch(run: Run, epoch: int, *, step_outputs: Any, as_tensor: Any) -> E
         if semi is not None and run.stream is not None and epoch >= semi.warmup_epochs:
             with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=autocast):
                 loss, stats = run.stream.loss(
-                    lambda x: step_outputs(run.model, x)[0],
+                    lambda x: step_outputs(run.trained, x)[0],
                     run.ema.model,
                     lambda m, x: step_outputs(m, x)[0][-1],
                     rng,
@@ -184,8 +219,14 @@ def train_epoch(run: Run, epoch: int, *, step_outputs: Any, as_tensor: Any) -> E
             sums.semi, sums.mask = sums.semi + stats.loss, sums.mask + stats.mask_rate
         _step(run, total)
         sums.add(parts)
-        bar.set_postfix(loss=f"{parts.total.item():.3f}", acc=f"{parts.step_accuracy[-1]:.2f}")
-    return sums
+        # No refresh here: the bar redraws every `mininterval`, not every batch (a worker's log
+        # would get a line per batch).
+        bar.set_postfix(
+            loss=f"{parts.total.item():.3f}", acc=f"{parts.step_accuracy[-1]:.2f}", refresh=False
+        )
+        if on_batch is not None:
+            on_batch(done, len(batches))
+    return sums.pooled(run.replicas)
 
 
 def _step(run: Run, total: Tensor) -> None:

@@ -8,10 +8,11 @@ from pathlib import Path
 from cloud.evaluation.evaluate import evaluate_model
 from cloud.settings import CloudSettings
 from cloud.training.config import TrainConfig
-from cloud.training.data import load_unlabelled, prepare
+from cloud.training.data import PreparedData, load_unlabelled, prepare
+from cloud.training.distributed import SINGLE_PROCESS, DistributedContext, process_group
 from cloud.training.finalize import finalize
 from cloud.training.rules_baseline import run_rules
-from cloud.training.trainer import BEST, train
+from cloud.training.trainer import BEST, pick_device, train
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +25,47 @@ def run_training(
     out: Path | None,
     resume: bool,
     evaluate: bool = True,
+    distributed: DistributedContext = SINGLE_PROCESS,
 ) -> Path:
     """Train ``config``, write its calibrated model directory and its test report.
 
-    Returns the model directory (``out``, or ``run_dir/model``).
+    Under ``torchrun`` (``distributed.world_size`` > 1) every process trains a DDP replica;
+    rank 0 prepares the data cache first, writes the checkpoints, and alone calibrates, exports
+    and evaluates the model once the others have left.
+
+    Returns the model directory (``out``, or ``run_dir/model``), the same on every rank.
+
+    Raises:
+        ValueError: a rules baseline was started on several processes (it trains in one).
     """
+    model_dir = out or run_dir / "model"
+    if config.kind == "rules":
+        if distributed.enabled:
+            raise ValueError("the rules baseline trains in one process; run it without torchrun")
+        run_rules(config, _load(config, settings), model_dir)
+        return model_dir
+    with process_group(distributed, pick_device(config.device)) as replicas:
+        with replicas.main_first():  # one process fills the preprocessing cache
+            data = _load(config, settings)
+        result = train(config, data, run_dir, resume=resume, replicas=replicas)
+    if not distributed.is_main:
+        return model_dir
+    log.info("best epoch %d, val macro-F1 %.4f", result.best_epoch, result.best_val_macro_f1)
+    finalize(run_dir / BEST, data.val, model_dir)
+    if evaluate:
+        evaluate_model(
+            model_dir,
+            settings.resolve_data(config.data.path),
+            config.data.protocol,
+            model_dir,
+            val_fraction=config.data.val_fraction,
+            seed=config.seed,
+        )
+    return model_dir
+
+
+def _load(config: TrainConfig, settings: CloudSettings) -> PreparedData:
+    """The config's data, split and preprocessed, with its unlabelled stream if it has one."""
     data_path = settings.resolve_data(config.data.path)
     data = prepare(config.data, data_path, settings.cache_dir, config.seed)
     if config.semi is not None:
@@ -36,20 +73,4 @@ def run_training(
             settings.resolve_data(config.semi.path), config.semi.limit, config.seed
         )
     log.info("data: %s", data.provenance["n"])
-    model_dir = out or run_dir / "model"
-    if config.kind == "rules":
-        run_rules(config, data, model_dir)
-        return model_dir
-    result = train(config, data, run_dir, resume=resume)
-    log.info("best epoch %d, val macro-F1 %.4f", result.best_epoch, result.best_val_macro_f1)
-    finalize(run_dir / BEST, data.val, model_dir)
-    if evaluate:
-        evaluate_model(
-            model_dir,
-            data_path,
-            config.data.protocol,
-            model_dir,
-            val_fraction=config.data.val_fraction,
-            seed=config.seed,
-        )
-    return model_dir
+    return data

@@ -87,13 +87,24 @@ class UnlabelledStream:
         config: the semi-supervised settings.
         spec: the model's input.
         batch: labelled maps per step (the stream draws ``ratio`` times as many).
+        share: (indexes, pseudo-labels, confidences) of this process's batch -> those of every
+            training process's, so the thresholds stay the same on every rank; none alone.
     """
 
-    def __init__(self, raw: WaferDataset, config: SemiConfig, spec: InputSpec, batch: int) -> None:
+    def __init__(
+        self,
+        raw: WaferDataset,
+        config: SemiConfig,
+        spec: InputSpec,
+        batch: int,
+        *,
+        share: Callable[..., tuple[npt.NDArray[Any], ...]] | None = None,
+    ) -> None:
         self.raw = raw
         self.config = config
         self.spec = spec
         self.size = config.ratio * batch
+        self.share = share
         self.thresholds = FlexThresholds(
             len(raw), config.threshold, flex=config.flex, floor=config.min_threshold
         )
@@ -131,6 +142,8 @@ class UnlabelledStream:
             probs = torch.softmax(teacher_logits(teacher, to_tensor(weak)).float(), dim=-1)
         confidence, pseudo = probs.max(dim=-1)
         conf_np, pseudo_np = confidence.cpu().numpy(), pseudo.cpu().numpy()
+        if self.share is not None:
+            idx, pseudo_np, conf_np = self.share(idx, pseudo_np, conf_np)
         self.thresholds.update(idx, pseudo_np, conf_np)
         bar = torch.as_tensor(self.thresholds.per_class(), device=probs.device)
         mask = (confidence >= bar[pseudo]).float()  # (U,)

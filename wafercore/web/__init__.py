@@ -1,9 +1,9 @@
-"""What the edge node's and the fab server's HTTP APIs share: one error shape (`errors`), body
-limits (`limits`), deadlines for receiving a request (`protocol`) and API docs served from local
-files (`docs`).
+"""What the HTTP APIs of the edge node, the fab server and the cloud share: one error shape
+(`errors`), body limits (`limits`), deadlines for receiving a request (`protocol`) and API docs
+served from local files (`docs`).
 
-Only the edge and fab tiers import this package: it needs FastAPI, uvicorn and httptools, which
-the cloud tier does not install.
+Every tier with an HTTP API imports this package: it needs FastAPI, uvicorn and httptools, which
+each of their extras installs.
 """
 
 from wafercore.web.docs import mount_docs

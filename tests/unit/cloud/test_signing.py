@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import stat
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from cloud.cli import main
-from cloud.signing import golden_tokens, package_model
+from cloud.settings import CloudSettings
+from cloud.signing import ensure_keypair, golden_tokens, package_model
 from wafercore.artifact import GOLDEN_FILE, MEMBERS, GoldenSet, check_golden, unpack_artifact
 from wafercore.classes import NUM_CLASSES
 from wafercore.runtime import ModelRuntime, file_sha256
@@ -106,3 +108,36 @@ def test_package_refuses_a_tampered_model(keys: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["package", "--model", str(model), *key, "--out", str(out)])
     assert result.exit_code == 2 and "sha256" in result.output
     assert not out.exists()
+
+
+def test_ensure_keypair_generates_a_development_key_once_and_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = CloudSettings(work_dir=tmp_path / "cloud", signing_key_id="dev-1")
+    with caplog.at_level(logging.WARNING, logger="cloud.signing"):
+        private_key, key_id = ensure_keypair(settings)
+    assert (private_key, key_id) == (tmp_path / "cloud" / "keys" / "dev-1.key", "dev-1")
+    assert stat.S_IMODE(private_key.stat().st_mode) == 0o600
+    assert "development key" in caplog.text
+    pem = private_key.read_bytes()
+    assert ensure_keypair(settings) == (private_key, "dev-1")
+    assert private_key.read_bytes() == pem  # reused, not regenerated
+
+    artifact = package_model(
+        MODEL_DIR, tmp_path / "m.tar", private_key=private_key, key_id=key_id, golden=9
+    )
+    signature = artifact.signature_path.read_bytes()
+    verify_artifact(artifact.path, signature, key_id, private_key.parent)
+
+
+def test_ensure_keypair_uses_the_configured_key(keys: Path, tmp_path: Path) -> None:
+    configured = CloudSettings(
+        work_dir=tmp_path / "cloud",
+        signing_key=keys / "registry-1.key",
+        signing_key_id="registry-1",
+    )
+    assert ensure_keypair(configured) == (keys / "registry-1.key", "registry-1")
+    assert not (tmp_path / "cloud" / "keys").exists()
+    missing = configured.model_copy(update={"signing_key": tmp_path / "nope.key"})
+    with pytest.raises(FileNotFoundError, match=r"nope\.key"):
+        ensure_keypair(missing)

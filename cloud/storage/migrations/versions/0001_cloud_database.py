@@ -104,6 +104,7 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_training_jobs")),
+        sa.UniqueConstraint("model_version", name=op.f("uq_training_jobs_model_version")),
     )
     with op.batch_alter_table("training_jobs", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_training_jobs_state"), ["state"], unique=False)

@@ -7,7 +7,14 @@ import torch
 from cloud.training.config import SemiConfig, TrainConfig
 from cloud.training.data import RARE_CLASSES, Part, PreparedData
 from cloud.training.semi import FlexThresholds
-from cloud.training.trainer import BEST, LAST, load_checkpoint_model, lr_lambda, train
+from cloud.training.trainer import (
+    BEST,
+    LAST,
+    TrainProgress,
+    load_checkpoint_model,
+    lr_lambda,
+    train,
+)
 from wafercore.synthetic import generate_dataset
 
 
@@ -135,3 +142,32 @@ def test_flex_thresholds_lower_the_bar_for_classes_the_teacher_is_rarely_sure_of
     assert bar[2] == pytest.approx(0.1)  # never confident: the floor, not 0
     assert FlexThresholds(10, 0.9, floor=0.7).per_class()[1:].min() >= 0.7
     assert FlexThresholds(10, 0.9, flex=False).per_class().tolist() == [0.9] * 9
+
+
+class _StopRequestedError(Exception):
+    pass
+
+
+def test_progress_is_reported_per_batch_and_epoch_and_can_stop_the_run(tmp_path: Path) -> None:
+    data = _data()
+    seen: list[TrainProgress] = []
+
+    def stop_in_epoch_two(progress: TrainProgress) -> None:
+        seen.append(progress)
+        if progress.epoch == 1 and progress.batch == 2:
+            raise _StopRequestedError
+
+    with pytest.raises(_StopRequestedError):
+        train(_config(3), data, tmp_path, progress=stop_in_epoch_two)
+    assert (seen[0].epoch, seen[0].batch, seen[0].start_epoch) == (0, 0, 0)
+    assert [(p.batch, p.batches) for p in seen[1:4]] == [(1, 3), (2, 3), (3, 3)]
+    done = [p for p in seen if p.epoch_done]
+    assert len(done) == 1 and done[0].record is not None and done[0].record["epoch"] == 1
+    assert done[0].fraction == pytest.approx(1 / 3)
+    # Stopped mid-epoch: the last checkpoint is the finished epoch; a resume starts after it.
+    assert torch.load(tmp_path / LAST, weights_only=False)["epoch"] == 0
+    resumed: list[TrainProgress] = []
+    result = train(_config(3), data, tmp_path, resume=True, progress=resumed.append)
+    assert resumed[0].start_epoch == 1 and resumed[0].fraction == pytest.approx(1 / 3)
+    assert [p.epoch + 1 for p in resumed if p.epoch_done] == [2, 3]
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]

@@ -1,0 +1,90 @@
+"""The retraining pipeline's Celery app: Redis broker and result backend, one queue, and a
+task per step (`cloud.pipeline.context.STEPS`) plus the recovery task.
+
+Nothing happens at import time: `make_celery` builds an app from the settings it is given
+(the worker's come from the environment, `wafer-cloud worker`; the API's from its own).
+
+Delivery is at least once: a task is acknowledged after it ran (``task_acks_late``) and given
+back when its worker process dies (``task_reject_on_worker_lost``), one message at a time per
+process (``worker_prefetch_multiplier=1``: a training step can take hours). A step's task
+therefore may run twice (Redis also hands an unacknowledged message to another worker after its
+visibility timeout, an hour by default); `cloud.pipeline.runner.run_step` makes every run but
+the one holding the step's lease a no-op. Steps hand off by message: a step that finished
+enqueues the next one; a message lost with its worker is replaced by the recovery task.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cloud.pipeline.context import STEPS
+from cloud.pipeline.dispatch import RECOVER_TASK, CeleryDispatcher, step_task_name
+from cloud.settings import CloudSettings
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+BEAT_SCHEDULE_FILE = "celerybeat-schedule"
+"""`wafer-cloud beat`'s schedule state, in ``settings.work_dir``."""
+
+
+def make_celery(settings: CloudSettings) -> Celery:
+    """A Celery app for ``settings`` with the pipeline's tasks registered.
+
+    Its beat schedule runs the recovery task every ``settings.recover_every_s``.
+    """
+    from celery import Celery
+
+    app = Celery("wafer-cloud", set_as_current=False)
+    app.conf.update(
+        broker_url=settings.broker_url,
+        result_backend=settings.result_backend,
+        task_default_queue=settings.task_queue,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_always_eager=settings.task_always_eager,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        beat_schedule={
+            "recover-stalled-jobs": {
+                "task": RECOVER_TASK,
+                "schedule": settings.recover_every_s,
+                # A check still queued behind a long step when the next is due is dropped.
+                "options": {"queue": settings.task_queue, "expires": settings.recover_every_s},
+            }
+        },
+        beat_schedule_filename=str(settings.work_dir / BEAT_SCHEDULE_FILE),
+    )
+    _register_tasks(app, settings)
+    return app
+
+
+def _register_tasks(app: Celery, settings: CloudSettings) -> None:
+    """One task per step and the recovery task, all sharing one `PipelineRuntime`.
+
+    Not ``shared``: a shared task would be added to every app this process makes later (the
+    API's dispatcher, a test's), bound to this app's settings.
+    """
+    from cloud.pipeline.runner import PipelineRuntime, recover_stalled, run_step
+
+    runtime = PipelineRuntime(settings, CeleryDispatcher(app, settings.task_queue))
+
+    def step_task(step: str) -> None:
+        def run(job_id: str) -> None:
+            run_step(runtime, job_id, step)
+
+        run.__name__ = run.__qualname__ = f"run_{step}"
+        run.__doc__ = f"Run the {step} step of a job."
+        app.task(name=step_task_name(step), shared=False)(run)
+
+    for step in STEPS:
+        step_task(step)
+
+    def recover() -> int:
+        """Enqueue again the steps of jobs whose worker was lost."""
+        return len(recover_stalled(runtime))
+
+    app.task(name=RECOVER_TASK, shared=False)(recover)
