@@ -146,6 +146,20 @@ class CloudSettings(BaseSettings):
         """Per-job working folders (checkpoints, exported models)."""
         return self.work_dir / "jobs"
 
+    def environment(self) -> dict[str, str]:
+        """The ``CLOUD_*`` environment that makes another process (a worker) build these
+        settings: how the demo and the tests start workers on the same configuration."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump(mode="json").items():
+            if value is None:
+                continue
+            if isinstance(value, dict):
+                for key, inner in value.items():
+                    env[f"CLOUD_{name.upper()}__{key.upper()}"] = str(inner)
+            else:
+                env[f"CLOUD_{name.upper()}"] = str(value)
+        return env
+
     def resolve_data(self, path: Path) -> Path:
         """A config's data path: absolute as given, else relative to ``data_dir``."""
         if path.is_absolute() or self.data_dir is None:

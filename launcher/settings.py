@@ -26,6 +26,10 @@ class PlatformSettings(BaseSettings):
         default=Path("var"),
         description="Where the embedded defaults keep their files (SQLite databases, outboxes).",
     )
+    broker_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="Redis of the demo's Celery worker; eager mode when it does not answer.",
+    )
     model_dir: Path = Field(
         default_factory=shipped_model_dir, description="The default model the demo serves."
     )

@@ -47,10 +47,18 @@ def server_env() -> dict[str, str]:
     return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
-def start_server(settings: CloudSettings, host: str, port: int) -> subprocess.Popen[bytes]:
-    """Start `mlflow server` as a child process (its SQLite folder created first)."""
+def start_server(
+    settings: CloudSettings, host: str, port: int, log: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `mlflow server` as a child process (its SQLite folder created first), its output
+    appended to ``log`` if given (else inherited)."""
     settings.work_dir.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(server_command(settings, host, port), env=server_env())
+    if log is None:
+        return subprocess.Popen(server_command(settings, host, port), env=server_env())
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            server_command(settings, host, port), env=server_env(), stdout=out, stderr=out
+        )
 
 
 def wait_healthy(

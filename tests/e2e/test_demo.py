@@ -1,15 +1,22 @@
 """The one-machine demo end to end: every tier it starts, the real contracts between them."""
 
+import asyncio
 import re
 from pathlib import Path
 
 from click.testing import CliRunner
 
 from launcher.cli import main
+from launcher.cloud_demo import run_cloud_demo
 from wafercore.classes import DefectClass
+from wafercore.shipped import DEFAULT_MODEL_VERSION
+
+STEPS = ("collect", "validate", "train", "evaluate", "export", "latency", "sign", "register")
 
 
-def test_demo_replays_wafers_through_two_edge_nodes_into_a_fab_server(tmp_path: Path) -> None:
+def test_demo_replays_wafers_through_the_edge_and_fab_then_retrains_in_the_cloud(
+    tmp_path: Path,
+) -> None:
     env = {"WAFER_DATA_DIR": "", "WAFER_WORK_DIR": str(tmp_path)}
     result = CliRunner().invoke(main, ["demo", "--per-class", "6", "--wafers", "54"], env=env)
     assert result.exit_code == 0, result.output
@@ -24,3 +31,22 @@ def test_demo_replays_wafers_through_two_edge_nodes_into_a_fab_server(tmp_path: 
     assert re.search(r"DEMO-003 +4 ", result.output)
     assert (tmp_path / "demo" / "fab.db").exists()
     assert result.output.count(" ok, 0 errors") == 2  # both stations
+    # The cloud: a worker process on the local Redis runs one tiny job to a registered candidate.
+    assert "pipeline on a Celery worker process on redis://" in result.output
+    for step in STEPS:
+        assert re.search(rf"step {step} +done", result.output), step
+    assert re.search(r"job [0-9a-f-]{36} succeeded in [0-9.]+ s: gate passed", result.output)
+    assert re.search(r"cnn-v0\.1\.0 +aliases: candidate", result.output)
+    assert re.search(rf"{re.escape(DEFAULT_MODEL_VERSION)} +aliases: champion", result.output)
+
+
+def test_cloud_demo_runs_the_steps_in_process_when_redis_does_not_answer(tmp_path: Path) -> None:
+    lines: list[str] = []
+    # Port 1: nothing listens there, so the demo falls back to Celery's eager mode.
+    outcome = asyncio.run(run_cloud_demo(tmp_path, "redis://127.0.0.1:1/0", lines.append))
+    assert outcome.mode.startswith("Celery eager mode")
+    assert outcome.job["state"] == "succeeded", outcome.job
+    assert [s["name"] for s in outcome.steps] == list(STEPS)
+    assert all(s["state"] == "done" for s in outcome.steps)
+    candidates = [m["version"] for m in outcome.models if "candidate" in m["aliases"]]
+    assert candidates == [outcome.job["model_version"]]

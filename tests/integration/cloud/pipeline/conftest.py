@@ -31,20 +31,6 @@ WAFER_CLOUD = shutil.which("wafer-cloud", path=str(Path(sys.executable).parent))
 """Longest a tiny job may take here (it takes ~20 s on an idle machine)."""
 
 
-def settings_env(settings: CloudSettings) -> dict[str, str]:
-    """The ``CLOUD_*`` environment that makes a process build ``settings``."""
-    env: dict[str, str] = {}
-    for name, value in settings.model_dump(mode="json").items():
-        if value is None:
-            continue
-        if isinstance(value, dict):
-            for key, inner in value.items():
-                env[f"CLOUD_{name.upper()}__{key.upper()}"] = str(inner)
-        else:
-            env[f"CLOUD_{name.upper()}"] = str(value)
-    return env
-
-
 def wait_for(
     condition: Callable[[], Any], what: str, timeout_s: float = JOB_DEADLINE_S, every_s: float = 0.2
 ) -> Any:
@@ -71,7 +57,7 @@ class CloudProcess:
             for key, value in os.environ.items()
             if not key.startswith(("CLOUD_", "WAFER_DATA_DIR"))
         }
-        env.update(settings_env(settings))
+        env.update(settings.environment())
         env["PYTHONUNBUFFERED"] = "1"
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
