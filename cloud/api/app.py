@@ -33,7 +33,6 @@ from cloud.api.resources import Resources
 from cloud.api.training import training_router
 from cloud.errors import Conflict, NotFound, NotImplementedYet
 from cloud.settings import CloudSettings
-from wafercore.errors import InvalidInput
 from wafercore.web import BodyLimit, error_response, install_error_handlers, mount_docs
 
 logger = logging.getLogger(__name__)
@@ -44,13 +43,6 @@ HEADER_TIMEOUT_S = 10.0
 """A request's headers must arrive within this long (`wafercore.web.deadline_protocol`)."""
 BODY_TIMEOUT_S = 30.0
 """A request's body must arrive within this long of its headers."""
-
-
-async def _invalid_input(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, InvalidInput)
-    return error_response(
-        status.HTTP_422_UNPROCESSABLE_CONTENT, exc.reason, kind="invalid_argument", loc=[exc.field]
-    )
 
 
 async def _not_found(_: Request, exc: Exception) -> JSONResponse:
@@ -150,7 +142,6 @@ def create_app(settings: CloudSettings) -> FastAPI:
     app.include_router(health_router(resources))
     app.include_router(training_router(resources, auth))
     app.include_router(models_router(resources, auth))
-    app.add_exception_handler(InvalidInput, _invalid_input)
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(Conflict, _conflict)
     app.add_exception_handler(NotImplementedYet, _not_implemented)

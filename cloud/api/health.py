@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
 from cloud.api.resources import NotStartedError, Resources
-from cloud.api.schemas import HealthOut
 from cloud.storage.db import head_revision
 from wafercore.sql import current_revision_sync
+from wafercore.web.health import HEALTH_RESPONSES, HealthOut, database_health
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def health_router(resources: Resources) -> APIRouter:
     @router.get(
         "/healthz",
         response_model=HealthOut,
-        responses={503: {"model": HealthOut, "description": "Not ready to serve."}},
+        responses=HEALTH_RESPONSES,
     )
     def healthz() -> JSONResponse:
         """200 when the database is reachable and migrated to this code's head, else 503."""
@@ -37,19 +37,7 @@ def health_router(resources: Resources) -> APIRouter:
                 revision = current_revision_sync(connection)
         except (SQLAlchemyError, OSError, NotStartedError) as exc:
             logger.warning("health check: database unreachable: %s", exc)
-            body = HealthOut(
-                status="unavailable", database="unreachable", expected_revision=expected
-            )
-            return JSONResponse(body.model_dump(), status.HTTP_503_SERVICE_UNAVAILABLE)
-        if revision != expected:
-            body = HealthOut(
-                status="unavailable",
-                database="not migrated",
-                revision=revision,
-                expected_revision=expected,
-            )
-            return JSONResponse(body.model_dump(), status.HTTP_503_SERVICE_UNAVAILABLE)
-        body = HealthOut(status="ok", database="ok", revision=revision, expected_revision=expected)
-        return JSONResponse(body.model_dump())
+            return database_health(None, expected, reachable=False)
+        return database_health(revision, expected, reachable=True)
 
     return router

@@ -160,12 +160,3 @@ class DeployRequest(BaseModel):
         default_factory=list, max_length=1000, description="Node ids; empty: every node."
     )
     reason: Reason
-
-
-class HealthOut(BaseModel):
-    """Whether the API can serve: its database reachable and migrated."""
-
-    status: Literal["ok", "unavailable"]
-    database: str
-    revision: str | None = None
-    expected_revision: str

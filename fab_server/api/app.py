@@ -35,17 +35,9 @@ from fab_server.api.lots import lots_router
 from fab_server.api.review import review_router
 from fab_server.errors import Conflict, NotFound
 from fab_server.settings import FabSettings
-from wafercore.errors import InvalidInput
 from wafercore.web import BodyLimit, error_response, install_error_handlers, mount_docs
 
 logger = logging.getLogger(__name__)
-
-
-async def _invalid_argument(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, InvalidInput)
-    return error_response(
-        status.HTTP_422_UNPROCESSABLE_CONTENT, exc.reason, kind="invalid_argument", loc=[exc.field]
-    )
 
 
 async def _not_found(_: Request, exc: Exception) -> JSONResponse:
@@ -93,8 +85,6 @@ def create_app(settings: FabSettings, sessions: async_sessionmaker[AsyncSession]
     app.include_router(review_router(settings, sessions, auth))
     app.include_router(lots_router(sessions, auth))
     app.include_router(alerts_router(sessions, auth))
-    # InvalidInput: the shared validators' error; the services' InvalidArgument is one too.
-    app.add_exception_handler(InvalidInput, _invalid_argument)
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(Conflict, _conflict)
     for unavailable in (OperationalError, InterfaceError, PoolTimeout):

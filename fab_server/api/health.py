@@ -11,15 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Gauge, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from fab_server.api.schemas import HealthOut
 from fab_server.db import current_revision_sync, head_revision
 from fab_server.services import review
+from wafercore.web.health import HEALTH_RESPONSES, HealthOut, database_health
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def health_router(sessions: async_sessionmaker[AsyncSession]) -> APIRouter:
     @router.get(
         "/healthz",
         response_model=HealthOut,
-        responses={503: {"model": HealthOut, "description": "Not ready to serve."}},
+        responses=HEALTH_RESPONSES,
     )
     async def healthz() -> JSONResponse:
         """200 when the database is reachable and migrated to this code's head, else 503."""
@@ -55,20 +55,8 @@ def health_router(sessions: async_sessionmaker[AsyncSession]) -> APIRouter:
             revision = await asyncio.wait_for(_database_revision(sessions), DB_TIMEOUT_S)
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             logger.warning("health check: database unreachable: %s", exc)
-            body = HealthOut(
-                status="unavailable", database="unreachable", expected_revision=expected
-            )
-            return JSONResponse(body.model_dump(), status.HTTP_503_SERVICE_UNAVAILABLE)
-        if revision != expected:
-            body = HealthOut(
-                status="unavailable",
-                database="not migrated",
-                revision=revision,
-                expected_revision=expected,
-            )
-            return JSONResponse(body.model_dump(), status.HTTP_503_SERVICE_UNAVAILABLE)
-        body = HealthOut(status="ok", database="ok", revision=revision, expected_revision=expected)
-        return JSONResponse(body.model_dump())
+            return database_health(None, expected, reachable=False)
+        return database_health(revision, expected, reachable=True)
 
     @router.get("/metrics", response_class=Response)
     async def metrics() -> Response:

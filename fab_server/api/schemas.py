@@ -314,12 +314,3 @@ class AlertOut(BaseModel):
             acknowledged_by=alert.acknowledged_by,
             acknowledged_at=alert.acknowledged_at,
         )
-
-
-class HealthOut(BaseModel):
-    """Whether the server can serve: database reachable and schema at the code's migration."""
-
-    status: Literal["ok", "unavailable"]
-    database: Literal["ok", "unreachable", "not migrated"]
-    revision: str | None = None
-    expected_revision: str

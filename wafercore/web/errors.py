@@ -19,6 +19,8 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from wafercore.errors import InvalidInput
+
 MAX_REPORTED_ERRORS = 20
 """A 422 lists at most this many problems (a body can hold thousands)."""
 
@@ -106,7 +108,8 @@ def error_responses(
 
 
 def install_error_handlers(app: FastAPI, *, on_error: Callable[[int], None] | None = None) -> None:
-    """Make FastAPI's and Starlette's own errors (422, 404, 405, 413, ...) the common shape.
+    """Make FastAPI's and Starlette's own errors (422, 404, 405, 413, ...) the common shape, and
+    `wafercore.errors.InvalidInput` a 422 naming its field (an app may install its own instead).
 
     Args:
         app: the app.
@@ -144,6 +147,17 @@ def install_error_handlers(app: FastAPI, *, on_error: Callable[[int], None] | No
             return JSONResponse({"detail": exc.detail}, code, headers=headers)
         return error_response(code, str(exc.detail), loc=_LOCS.get(code, ()), headers=headers)
 
+    async def invalid_input(_: Request, exc: Exception) -> JSONResponse:
+        # The shared validators' error (and every service error derived from it).
+        assert isinstance(exc, InvalidInput)
+        observe(status.HTTP_422_UNPROCESSABLE_CONTENT)
+        return error_response(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            exc.reason,
+            kind="invalid_argument",
+            loc=[exc.field],
+        )
+
     async def client_gone(_: Request, exc: Exception) -> Response:
         # A route reading the body itself learns here that the client left (or that its body
         # deadline closed the connection); nobody is there to read an answer.
@@ -156,5 +170,6 @@ def install_error_handlers(app: FastAPI, *, on_error: Callable[[int], None] | No
 
     app.add_exception_handler(RequestValidationError, validation_failed)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(InvalidInput, invalid_input)
     app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(Exception, unexpected)

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from cloud.errors import NotFound
 from cloud.services import tokens
-from cloud.storage.db import Database, migrate
+from cloud.storage.db import Database
 from wafercore.errors import InvalidInput
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    url = f"sqlite:///{tmp_path / 'cloud.db'}"
-    migrate(url)
-    database = Database(url)
-    yield database
-    database.dispose()
 
 
 def test_an_issued_token_authenticates_its_holder_until_revoked(db: Database) -> None:

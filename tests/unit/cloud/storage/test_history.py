@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from cloud.storage import history
-from cloud.storage.db import Database, migrate
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    url = f"sqlite:///{tmp_path / 'cloud.db'}"
-    migrate(url)
-    database = Database(url)
-    yield database
-    database.dispose()
+from cloud.storage.db import Database
 
 
 def test_an_event_comes_back_as_recorded_with_an_aware_time(db: Database) -> None:

@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from cloud.storage import jobs
-from cloud.storage.db import Database, migrate
+from cloud.storage.db import Database
 
 STEPS = ("collect", "validate", "train")
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    url = f"sqlite:///{tmp_path / 'cloud.db'}"
-    migrate(url)
-    database = Database(url)
-    yield database
-    database.dispose()
 
 
 def _job(db: Database, job_id: str = "job-1", at: datetime = T0) -> jobs.Job:
