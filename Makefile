@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum |
 EXTRAS ?= dev,edge,fab,cloud
 PYTEST_ARGS ?=
 
-.PHONY: help setup test unit integration lint format proto demo bench clean
+.PHONY: help setup test unit integration lint format proto demo serve bench clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,6 +45,9 @@ proto: $(STAMP) ## Regenerate the Python code of the protobuf contracts (the onl
 
 demo: $(STAMP) ## Run the main job on embedded defaults (SQLite, local files, no servers)
 	$(VENV)/bin/wafer-platform demo
+
+serve: $(STAMP) ## Run the demo, then keep every tier serving (review UI on :8080) until Ctrl-C
+	$(VENV)/bin/wafer-platform demo --serve --http-port $${HTTP_PORT:-8080}
 
 bench: $(STAMP) ## Run the benchmarks; they print figures (WAFER_DATA_DIR defaults to ../shared/data/wm811k)
 	WAFER_DATA_DIR=$${WAFER_DATA_DIR:-../shared/data/wm811k} $(PY) bench/read_preprocess.py

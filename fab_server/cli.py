@@ -1,10 +1,12 @@
-"""Command line of the fab server (``wafer-fab``): migrate, serve, seed, certs, models, nodes."""
+"""Command line of the fab server (``wafer-fab``): migrate, serve, seed, certs, models, nodes,
+users."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,7 +19,7 @@ from fab_server.app import FabServer, NotMigrated
 from fab_server.certs import CertPair, issue_client_cert, make_dev_certs
 from fab_server.db import make_async_engine, migrate, session_factory
 from fab_server.errors import FabError
-from fab_server.services import distribution, nodes
+from fab_server.services import distribution, nodes, users
 from fab_server.services.classify import Classifier
 from fab_server.services.seed import seed_synthetic
 from fab_server.settings import FabSettings
@@ -297,6 +299,64 @@ def nodes_list(settings: FabSettings) -> None:
         revoked = node.revoked_at.isoformat(timespec="seconds") if node.revoked_at else "-"
         created = node.created_at.isoformat(timespec="seconds")
         click.echo(f"{node.node_id:<{width}}  {kinds:<17}  {created:<25}  {revoked}")
+
+
+@main.group(help="The review UI's users (engineer, admin): add, list, disable.")
+def users_group() -> None:
+    """The ``users`` commands."""
+
+
+main.add_command(users_group, "users")
+
+
+@users_group.command(
+    "add",
+    help="Create a user of the review UI. The password is asked for (hidden, twice) or read "
+    "from the first line of standard input with --password-stdin; never on a command line.",
+)
+@click.option("--user", "user", required=True, help="Sign-in name.")
+@click.option(
+    "--role", type=click.Choice(["engineer", "admin"]), default="engineer", show_default=True
+)
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.pass_obj
+def users_add(settings: FabSettings, user: str, role: str, password_stdin: bool) -> None:
+    """Add a user with a hashed password."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("password", hide_input=True, confirmation_prompt=True)
+    _on_database(
+        settings,
+        lambda sessions: users.add_user(sessions, user=user, role=role, password=password),
+    )
+    click.echo(f"user {user} ({role}) added")
+
+
+@users_group.command("disable", help="Disable USER: their next sign-in is refused.")
+@click.argument("user", metavar="USER")
+@click.pass_obj
+def users_disable(settings: FabSettings, user: str) -> None:
+    """Disable a user (kept for the audit trail)."""
+    if not _on_database(settings, lambda sessions: users.disable(sessions, user=user)):
+        raise click.ClickException(f"no enabled user {user!r}")
+    click.echo(f"user {user} disabled")
+
+
+@users_group.command("list", help="Every user: role, creation, disabling.")
+@click.pass_obj
+def users_list(settings: FabSettings) -> None:
+    """Print one line per user."""
+    accounts = _on_database(settings, users.list_users)
+    if not accounts:
+        click.echo("no user (wafer-fab users add --user NAME --role engineer)")
+        return
+    width = max(12, *(len(a.user) for a in accounts))
+    click.echo(f"{'user':<{width}}  {'role':<9}  {'created':<25}  disabled")
+    for account in accounts:
+        created = account.created_at.isoformat(timespec="seconds")
+        disabled = account.disabled_at.isoformat(timespec="seconds") if account.disabled_at else "-"
+        click.echo(f"{account.user:<{width}}  {account.role:<9}  {created:<25}  {disabled}")
 
 
 def _on_database(settings: FabSettings, call: Callable[[Sessions], Awaitable[T]]) -> T:

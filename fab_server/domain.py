@@ -264,6 +264,7 @@ class ReviewFilter:
     lot_id: str | None = None
     model_version: str | None = None
     claimed_by: str | None = None
+    predicted_class: int | None = None
 
 
 class ModelAction(enum.IntEnum):
@@ -332,3 +333,13 @@ class NodeCredential:
     kind: CredentialKind
     created_at: datetime
     revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class User:
+    """A person who signs in to the review UI (their password is stored only as a hash)."""
+
+    user: str
+    role: str  # "engineer" or "admin" (fab_server.settings.Role)
+    created_at: datetime
+    disabled_at: datetime | None = None

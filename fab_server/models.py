@@ -443,3 +443,28 @@ class NodeCredentialRow(Base):
             created_at=_utc(self.created_at),
             revoked_at=utc(self.revoked_at),
         )
+
+
+class UserRow(Base):
+    """A review UI user: role and an scrypt hash of the password with its own salt.
+
+    The hash parameters are stored with it (``scrypt$n$r$p$salt$hash``), so they can be raised
+    later without invalidating stored passwords. A disabled user stays, so their name in labels
+    and the audit trail keeps meaning one person.
+    """
+
+    __tablename__ = "users"
+
+    user: Mapped[str] = mapped_column(String(128), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    def to_domain(self) -> domain.User:
+        return domain.User(
+            user=self.user,
+            role=self.role,
+            created_at=_utc(self.created_at),
+            disabled_at=utc(self.disabled_at),
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from wafercore.review import DEFAULT_REVIEW_THRESHOLD
@@ -94,4 +94,12 @@ class FabSettings(BaseSettings):
     )
     http_body_timeout_s: float = Field(
         default=30.0, gt=0, description="A request's body must arrive within this long."
+    )
+    ui_session_secret: SecretStr | None = Field(
+        default=None,
+        description="Key that signs the review UI's session cookies; unset: a random one per "
+        "process (sessions end when the server restarts; a warning is logged).",
+    )
+    ui_session_max_age_s: int = Field(
+        default=12 * 3600, ge=60, description="A review UI sign-in lasts this long (one shift)."
     )

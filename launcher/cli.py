@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from launcher.demo import lot_table, run_demo
+from launcher.demo import DEMO_USER, DemoOutcome, Serving, lot_table, run_demo
 from launcher.settings import PlatformSettings
 from wafercore.classes import DefectClass
 from wafercore.dataset import UNLABELLED, WaferDataset
@@ -109,8 +110,22 @@ def data_convert(pkl: Path, npz: Path) -> None:
 @click.option("--per-class", default=50, show_default=True, help="Synthetic wafers per class.")
 @click.option("--wafers", default=500, show_default=True, help="Wafers streamed to the fab.")
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
+@click.option(
+    "--serve",
+    is_flag=True,
+    help="Keep the fab server (API and review UI) and the edge nodes serving until Ctrl-C.",
+)
+@click.option(
+    "--http-port",
+    default=8080,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="With --serve: the fab's HTTP port (API and review UI).",
+)
 @click.pass_obj
-def demo(settings: PlatformSettings, per_class: int, wafers: int, seed: int) -> None:
+def demo(
+    settings: PlatformSettings, per_class: int, wafers: int, seed: int, serve: bool, http_port: int
+) -> None:
     """Show the data, then replay wafers through two edge nodes into a fab server."""
     rng = np.random.default_rng(seed)
     ds = _show_synthetic(per_class, rng)
@@ -120,7 +135,41 @@ def demo(settings: PlatformSettings, per_class: int, wafers: int, seed: int) -> 
         "through two edge nodes to a fab server:"
     )
     settings.work_dir.mkdir(parents=True, exist_ok=True)
+
+    async def keep_serving(outcome: DemoOutcome, serving: Serving) -> None:
+        _print_outcome(outcome)
+        await _cloud_demo(settings)
+        _print_serving(serving)
+        await asyncio.Event().wait()  # until Ctrl-C cancels the demo, which stops every tier
+
+    if serve:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(
+                run_demo(
+                    settings.work_dir,
+                    settings.model_dir,
+                    stream,
+                    click.echo,
+                    serve=keep_serving,
+                    http_port=http_port,
+                )
+            )
+        click.echo("\nstopped every tier")
+        return
     outcome = asyncio.run(run_demo(settings.work_dir, settings.model_dir, stream, click.echo))
+    _print_outcome(outcome)
+    asyncio.run(_cloud_demo(settings))
+    click.echo("\nTiers this demo starts:")
+    for name, command, what in TIERS:
+        click.echo(f"  - {name:<13} {command:<18} {what}")
+    click.echo(
+        f"\nReview UI: `make serve` (wafer-platform demo --serve) keeps every tier serving and "
+        f"prints a sign-in; the UI is then at http://127.0.0.1:{http_port}/ui/ (user "
+        f"{DEMO_USER!r}, password printed at start)."
+    )
+
+
+def _print_outcome(outcome: DemoOutcome) -> None:
     for station, summary in outcome.replays.items():
         click.echo(f"{station}: {summary.report()}".replace("\n", "\n  "))
     click.echo(
@@ -136,18 +185,23 @@ def demo(settings: PlatformSettings, per_class: int, wafers: int, seed: int) -> 
             f"  {item['wafer_id']:<22} {item['node_id']:<10} {item['reason']:<15} predicted "
             f"{item['predicted_name']!s:<10} confidence {item['confidence']:.2f}"
         )
-    _cloud_demo(settings)
-    click.echo("\nTiers this demo starts:")
-    for name, command, what in TIERS:
-        click.echo(f"  - {name:<13} {command:<18} {what}")
 
 
-def _cloud_demo(settings: PlatformSettings) -> None:
+def _print_serving(serving: Serving) -> None:
+    click.echo("\nServing until Ctrl-C:")
+    click.echo(f"  review UI     {serving.ui_url}")
+    click.echo(f"  sign in as    {serving.user} / {serving.password}   (admin; new each run)")
+    for node_id, url in serving.edge_urls.items():
+        click.echo(f"  edge node     {node_id:<10} {url}/classify")
+    click.echo(f"  fab gRPC      {serving.fab_grpc}")
+
+
+async def _cloud_demo(settings: PlatformSettings) -> None:
     """Run one short retraining job through the cloud tier and print its path to the registry."""
     from launcher.cloud_demo import DEMO_GATE, run_cloud_demo
 
     click.echo("\nCloud: registry, API and pipeline, one short retraining job:")
-    outcome = asyncio.run(run_cloud_demo(settings.work_dir, settings.broker_url, click.echo))
+    outcome = await run_cloud_demo(settings.work_dir, settings.broker_url, click.echo)
     job = outcome.job
     click.echo(
         f"job {job['id']} {job['state']} in {outcome.seconds:.1f} s: "

@@ -14,7 +14,7 @@ import asyncio
 import secrets
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,12 +29,15 @@ from edge.settings import EdgeSettings
 from fab_server.app import FabServer
 from fab_server.db import migrate
 from fab_server.services import nodes as fab_nodes
+from fab_server.services import users as fab_users
 from fab_server.settings import ApiToken, FabSettings
 from wafercore.classes import CLASS_NAMES
 from wafercore.dataset import WaferDataset
 from waferplatform.v1 import fab_pb2, fab_pb2_grpc  # type: ignore[import-not-found]
 
 STATIONS = ("station-1", "station-2")
+DEMO_USER = "demo"
+"""The review UI's demo engineer, created in the demo's fab database."""
 REPLAY_RATE = 100.0  # wafers per second and station
 DRAIN_TIMEOUT_S = 60.0
 
@@ -52,6 +55,21 @@ class DemoOutcome:
     model_version: str = ""
 
 
+@dataclass(frozen=True)
+class Serving:
+    """Where the demo's tiers answer while ``--serve`` keeps them up, and the UI's login."""
+
+    ui_url: str
+    user: str
+    password: str
+    edge_urls: dict[str, str]
+    fab_grpc: str
+
+
+ServeHook = Callable[[DemoOutcome, Serving], Awaitable[None]]
+"""Awaited with the running tiers; the demo stops them when it returns (or is cancelled)."""
+
+
 async def _drained(nodes: list[EdgeNode]) -> None:
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while any(n.outbox is not None and n.outbox.depth() for n in nodes):
@@ -65,10 +83,15 @@ async def run_demo(
     model_dir: Path,
     wafers: WaferDataset,
     progress: Callable[[str], None],
+    *,
+    serve: ServeHook | None = None,
+    http_port: int = 0,
 ) -> DemoOutcome:
     """Start a fab server and two edge nodes on fresh local state and replay ``wafers``.
 
     Wafers alternate between the two stations by lot, as two testers working one lot each.
+    With ``serve``, a review UI user is created and ``serve`` is awaited with the tiers still
+    running (the fab's HTTP API and UI on ``http_port``), so people can click through the data.
     """
     root = work_dir / "demo"
     shutil.rmtree(root, ignore_errors=True)
@@ -77,7 +100,7 @@ async def run_demo(
     fab_settings = FabSettings(
         database_url=f"sqlite+aiosqlite:///{root / 'fab.db'}",
         grpc_port=0,
-        http_port=0,
+        http_port=http_port,
         model_dir=model_dir,
         artifact_dir=root / "fab-artifacts",
         api_tokens=[ApiToken(token=token, user="demo-engineer", role="engineer")],
@@ -122,34 +145,56 @@ async def run_demo(
         )
         await _drained(nodes)
         seconds = time.perf_counter() - started
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{fab.grpc_port}") as channel:
-            stub = fab_pb2_grpc.FabServiceStub(channel)
-            engineer = (("authorization", f"Bearer {token}"),)
-            lot_summaries = [
-                await stub.GetLotSummary(
-                    fab_pb2.GetLotSummaryRequest(lot_id=lot), timeout=10, metadata=engineer
-                )
-                for lot in lots
-            ]
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{fab.http_port}",
-            headers={"Authorization": f"Bearer {token}"},
-        ) as http:
-            response = await http.get("/api/review/items", params={"limit": 5})
-            response.raise_for_status()
-            queue_head = response.json()
+        lot_summaries, queue_head = await _read_back(fab, token, lots)
+        outcome = DemoOutcome(
+            sent=len(bodies),
+            delivered=sum(s.total_wafers for s in lot_summaries),
+            seconds=seconds,
+            replays=dict(zip(STATIONS, summaries, strict=True)),
+            lots=lot_summaries,
+            queue_head=queue_head,
+            model_version=version,
+        )
+        if serve is not None:
+            await serve(outcome, await _serving(fab, nodes))
     finally:
         for node in nodes:
             await node.stop()
         await fab.stop()
-    return DemoOutcome(
-        sent=len(bodies),
-        delivered=sum(s.total_wafers for s in lot_summaries),
-        seconds=seconds,
-        replays=dict(zip(STATIONS, summaries, strict=True)),
-        lots=lot_summaries,
-        queue_head=queue_head,
-        model_version=version,
+    return outcome
+
+
+async def _read_back(fab: FabServer, token: str, lots: list[str]) -> tuple[list[Any], Any]:
+    """The lots' summaries (gRPC) and the head of the review queue (HTTP API), as an engineer."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{fab.grpc_port}") as channel:
+        stub = fab_pb2_grpc.FabServiceStub(channel)
+        engineer = (("authorization", f"Bearer {token}"),)
+        lot_summaries = [
+            await stub.GetLotSummary(
+                fab_pb2.GetLotSummaryRequest(lot_id=lot), timeout=10, metadata=engineer
+            )
+            for lot in lots
+        ]
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{fab.http_port}",
+        headers={"Authorization": f"Bearer {token}"},
+    ) as http:
+        response = await http.get("/api/review/items", params={"limit": 5})
+        response.raise_for_status()
+        return lot_summaries, response.json()
+
+
+async def _serving(fab: FabServer, nodes: list[EdgeNode]) -> Serving:
+    """Create the demo's UI user (a fresh password per run) and say where everything is."""
+    assert fab.sessions is not None
+    password = secrets.token_urlsafe(9)
+    await fab_users.add_user(fab.sessions, user=DEMO_USER, role="admin", password=password)
+    return Serving(
+        ui_url=f"http://127.0.0.1:{fab.http_port}/ui/",
+        user=DEMO_USER,
+        password=password,
+        edge_urls={n.settings.node_id: f"http://127.0.0.1:{n.http_port}" for n in nodes},
+        fab_grpc=f"127.0.0.1:{fab.grpc_port}",
     )
 
 

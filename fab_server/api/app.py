@@ -35,6 +35,7 @@ from fab_server.api.lots import lots_router
 from fab_server.api.review import review_router
 from fab_server.errors import Conflict, NotFound
 from fab_server.settings import FabSettings
+from review_ui.app import mount_ui
 from wafercore.web import BodyLimit, error_response, install_error_handlers, mount_docs
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,8 @@ def create_app(settings: FabSettings, sessions: async_sessionmaker[AsyncSession]
     app.include_router(review_router(settings, sessions, auth))
     app.include_router(lots_router(sessions, auth))
     app.include_router(alerts_router(sessions, auth))
+    # The engineers' pages under /ui/: their own sign-in (session cookie), same services.
+    mount_ui(app, settings, sessions)
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(Conflict, _conflict)
     for unavailable in (OperationalError, InterfaceError, PoolTimeout):

@@ -13,7 +13,18 @@ from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, insert, or_, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    case,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -55,6 +66,8 @@ def _filtered(filters: domain.ReviewFilter) -> list[ColumnElement[bool]]:
         clauses.append(ReviewItemRow.model_version == filters.model_version)
     if filters.claimed_by is not None:
         clauses.append(ReviewItemRow.claimed_by == filters.claimed_by)
+    if filters.predicted_class is not None:
+        clauses.append(ReviewItemRow.predicted_class == filters.predicted_class)
     return clauses
 
 
@@ -190,6 +203,38 @@ async def next_claimable(
     stmt = stmt.limit(1)
     if is_postgres(session):
         stmt = stmt.with_for_update(skip_locked=True)
+    row = (await session.scalars(stmt)).one_or_none()
+    return row.to_domain() if row else None
+
+
+async def adjacent_item(
+    session: AsyncSession,
+    *,
+    item: domain.ReviewItem,
+    forward: bool,
+    user: str,
+    filters: domain.ReviewFilter,
+    now: datetime,
+) -> domain.ReviewItem | None:
+    """The item after (``forward``) or before ``item`` in queue order that ``user`` may open.
+
+    Queue order is (priority, created_at, id); candidates are claimable or held by ``user``.
+    """
+    key = (ReviewItemRow.priority, ReviewItemRow.created_at, ReviewItemRow.id)
+    mine = and_(
+        ReviewItemRow.state == _CLAIMED,
+        ReviewItemRow.claimed_by == user,
+        ReviewItemRow.lease_expires_at >= now,
+    )
+    at = (item.priority, item.created_at, item.id)
+    position = tuple_(*key) > tuple_(*at) if forward else tuple_(*key) < tuple_(*at)
+    order = [k.asc() if forward else k.desc() for k in key]
+    stmt = (
+        select(ReviewItemRow)
+        .where(or_(_claimable(now), mine), position, *_filtered(filters))
+        .order_by(*order)
+        .limit(1)
+    )
     row = (await session.scalars(stmt)).one_or_none()
     return row.to_domain() if row else None
 

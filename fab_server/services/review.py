@@ -19,6 +19,8 @@ prediction: the ground truth of :func:`reviewed_accuracy`, the alerts and retrai
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -261,6 +263,38 @@ async def claim_item(
     if claimed is None:
         raise _changed(item_id)
     return claimed
+
+
+async def adjacent(
+    sessions: Sessions,
+    *,
+    item: domain.ReviewItem,
+    user: str,
+    forward: bool = True,
+    filters: domain.ReviewFilter = _ALL,
+    wrap: bool = False,
+    now: datetime | None = None,
+) -> domain.ReviewItem | None:
+    """The next (or previous) item in queue order after ``item`` that ``user`` may open.
+
+    For a reviewer moving through the queue (the review UI's J/K and the item after a
+    verdict): candidates are claimable or already held by ``user``, ``item`` excluded. With
+    ``wrap`` the search starts over from the other end when nothing follows ``item``. Nothing
+    is claimed here.
+    """
+    now = rules.now_utc(now)
+    async with sessions() as session:
+        found = await repo.adjacent_item(
+            session, item=item, forward=forward, user=user, filters=filters, now=now
+        )
+        if found is None and wrap:
+            edge = dataclasses.replace(item, priority=math.inf if not forward else -math.inf, id="")
+            found = await repo.adjacent_item(
+                session, item=edge, forward=forward, user=user, filters=filters, now=now
+            )
+    if found is not None and found.id == item.id:
+        return None
+    return rules.effective(found, now) if found else None
 
 
 async def release(
