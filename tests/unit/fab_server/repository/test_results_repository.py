@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fab_server import domain
-from fab_server.db import make_async_engine, migrate, session_factory
 from fab_server.models import LotRow, WaferMapRow
 from fab_server.repository import results as repo
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 Sessions = async_sessionmaker[AsyncSession]
-
-
-@pytest_asyncio.fixture
-async def sessions(tmp_path: Path) -> AsyncIterator[Sessions]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'fab.db'}"
-    migrate(url)
-    engine = make_async_engine(url)
-    yield session_factory(engine)
-    await engine.dispose()
 
 
 def _result(sequence: int, wafer_map: domain.StoredMap | None = None) -> domain.Result:

@@ -5,17 +5,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fab_server import domain
-from fab_server.db import make_async_engine, migrate, session_factory
 from fab_server.errors import InvalidArgument
 from fab_server.services import audit, ingest, review
 from fab_server.settings import FabSettings
@@ -24,15 +20,6 @@ from wafercore.errors import InvalidInput
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SETTINGS = FabSettings()
 Sessions = async_sessionmaker[AsyncSession]
-
-
-@pytest_asyncio.fixture
-async def sessions(tmp_path: Path) -> AsyncIterator[Sessions]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'fab.db'}"
-    migrate(url)
-    engine = make_async_engine(url)
-    yield session_factory(engine)
-    await engine.dispose()
 
 
 def _result(sequence: int, **changes: Any) -> domain.Result:

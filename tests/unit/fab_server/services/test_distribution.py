@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fab_server import domain
-from fab_server.db import make_async_engine, migrate, session_factory
 from fab_server.errors import Conflict, NotFound
 from fab_server.models import EdgeNodeRow
 from fab_server.services import distribution
@@ -21,15 +18,6 @@ from wafercore.errors import InvalidInput
 Sessions = async_sessionmaker[AsyncSession]
 SIGNATURE = bytes(range(64))
 Action = domain.ModelAction
-
-
-@pytest_asyncio.fixture
-async def sessions(tmp_path: Path) -> AsyncIterator[Sessions]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'fab.db'}"
-    migrate(url)
-    engine = make_async_engine(url)
-    yield session_factory(engine)
-    await engine.dispose()
 
 
 @pytest.fixture

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fab_server import domain
-from fab_server.db import make_async_engine, migrate, session_factory
 from fab_server.models import EdgeNodeRow, LotRow, ResultRow, ReviewItemRow, WaferMapRow
 from fab_server.repository import results as results_repo
 from fab_server.services import ingest
@@ -26,15 +22,6 @@ NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SETTINGS = FabSettings(stream_max_batch=50)
 Sessions = async_sessionmaker[AsyncSession]
 PROBABILITIES = (0.02, 0.02, 0.02, 0.84, 0.02, 0.02, 0.02, 0.02, 0.02)
-
-
-@pytest_asyncio.fixture
-async def sessions(tmp_path: Path) -> AsyncIterator[Sessions]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'fab.db'}"
-    migrate(url)
-    engine = make_async_engine(url)
-    yield session_factory(engine)
-    await engine.dispose()
 
 
 def _result(sequence: int, **changes: Any) -> domain.Result:

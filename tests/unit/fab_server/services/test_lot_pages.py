@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import pytest_asyncio
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fab_server import domain
-from fab_server.db import make_async_engine, migrate, session_factory
 from fab_server.errors import InvalidArgument, NotFound
 from fab_server.repository.lots import LotWafer
 from fab_server.services import ingest, lots, review
@@ -22,15 +18,6 @@ from fab_server.settings import FabSettings
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 Sessions = async_sessionmaker[AsyncSession]
-
-
-@pytest_asyncio.fixture
-async def sessions(tmp_path: Path) -> AsyncIterator[Sessions]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'fab.db'}"
-    migrate(url)
-    engine = make_async_engine(url)
-    yield session_factory(engine)
-    await engine.dispose()
 
 
 def _map(rows: list[list[int]]) -> domain.StoredMap:

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fab_server import domain
-from fab_server.db import make_async_engine, migrate, session_factory
 from fab_server.errors import Conflict, InvalidArgument, NotFound
 from fab_server.models import LabelRow, ResultRow
 from fab_server.repository import review as review_repo
@@ -24,15 +20,6 @@ from fab_server.settings import FabSettings
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SETTINGS = FabSettings(review_lease_seconds=600)
 Sessions = async_sessionmaker[AsyncSession]
-
-
-@pytest_asyncio.fixture
-async def sessions(tmp_path: Path) -> AsyncIterator[Sessions]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'fab.db'}"
-    migrate(url)
-    engine = make_async_engine(url)
-    yield session_factory(engine)
-    await engine.dispose()
 
 
 def _result(sequence: int, confidence: float = 0.4, **changes: object) -> domain.Result:

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from fab_server.db import make_async_engine, migrate, session_factory
 from fab_server.models import ResultRow, WaferMapRow
 from fab_server.services.classify import Classifier
 from fab_server.services.seed import WAFERS_PER_LOT, seed_synthetic
@@ -19,15 +15,6 @@ from fab_server.settings import FabSettings
 from wafercore.shipped import shipped_model_dir
 
 Sessions = async_sessionmaker[AsyncSession]
-
-
-@pytest_asyncio.fixture
-async def sessions(tmp_path: Path) -> AsyncIterator[Sessions]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'fab.db'}"
-    migrate(url)
-    engine = make_async_engine(url)
-    yield session_factory(engine)
-    await engine.dispose()
 
 
 @pytest.mark.asyncio
