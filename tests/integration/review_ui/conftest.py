@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
+from axe_playwright_python.sync_playwright import Axe
 from PIL import Image
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 from pydantic import SecretStr
@@ -155,6 +156,25 @@ def ui_fab(fab_settings: FabSettings, harness: Any) -> Iterator[UiFab]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(START_S)
         loop.close()
+
+
+_AXE = Axe()
+
+
+def assert_accessible(page: Page) -> None:
+    """axe-core finds no serious or critical violation on the page."""
+    results = _AXE.run(page)
+    bad = [
+        f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"
+        for v in results.response["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
+    assert not bad, "\n".join(bad)
+
+
+def keys_ready(page: Page) -> None:
+    """Wait until the page's key handler is in place (keys pressed earlier would be lost)."""
+    expect(page.locator("html[data-keys=ready]")).to_have_count(1)
 
 
 def sign_in(page: Page, fab: UiFab, user: str, password: str = PASSWORD) -> None:

@@ -16,29 +16,22 @@ from pathlib import Path
 
 import httpx
 import pytest
-from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Locator, Page, expect
 
 from tests.integration.conftest import ENGINEER, ENGINEER_TOKEN
-from tests.integration.review_ui.conftest import ADMIN, UiFab, sign_in
+from tests.integration.review_ui.conftest import (
+    ADMIN,
+    UiFab,
+    assert_accessible,
+    keys_ready,
+    sign_in,
+)
 from wafercore.classes import CLASS_NAMES
 
 pytestmark = pytest.mark.integration
 
-_AXE = Axe()
 Shot = Callable[[Page, str], Path]
 NewPage = Callable[..., Page]
-
-
-def assert_accessible(page: Page) -> None:
-    """axe-core finds no serious or critical violation on the page."""
-    results = _AXE.run(page)
-    bad = [
-        f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"
-        for v in results.response["violations"]
-        if v["impact"] in ("serious", "critical")
-    ]
-    assert not bad, "\n".join(bad)
 
 
 def _biggest_lot(fab: UiFab) -> tuple[str, int]:
@@ -237,6 +230,7 @@ def test_the_audit_trail_and_its_csv_have_the_verdicts_made(
     page.locator("#start-review").click()
     expect(page.locator("#verdict-form")).to_be_visible()
     first = page.url
+    keys_ready(page)
     page.keyboard.press("u")  # unusable, through the UI
     expect(page).not_to_have_url(first)
     labels = ui_fab.query(

@@ -13,28 +13,21 @@ from pathlib import Path
 
 import httpx
 import pytest
-from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Page, expect
 
 from tests.integration.conftest import ENGINEER_TOKEN
-from tests.integration.review_ui.conftest import PASSWORD, UiFab, sign_in
+from tests.integration.review_ui.conftest import (
+    PASSWORD,
+    UiFab,
+    assert_accessible,
+    keys_ready,
+    sign_in,
+)
 
 pytestmark = pytest.mark.integration
 
-_AXE = Axe()
 Shot = Callable[[Page, str], Path]
 NewPage = Callable[..., Page]
-
-
-def assert_accessible(page: Page) -> None:
-    """axe-core finds no serious or critical violation on the page."""
-    results = _AXE.run(page)
-    bad = [
-        f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"
-        for v in results.response["violations"]
-        if v["impact"] in ("serious", "critical")
-    ]
-    assert not bad, "\n".join(bad)
 
 
 def _queue_order(fab: UiFab) -> list[str]:
@@ -67,13 +60,8 @@ def _next_item(page: Page, previous: str, *, scripts: bool = True) -> str:
     expect(page).to_have_url(re.compile(r"/ui/review/"))
     expect(page.locator("#verdict-form")).to_be_visible()
     if scripts:
-        _keys_ready(page)
+        keys_ready(page)
     return _item_id(page)
-
-
-def _keys_ready(page: Page) -> None:
-    """Wait until the page's key handler is in place (keys pressed earlier would be lost)."""
-    expect(page.locator("html[data-keys=ready]")).to_have_count(1)
 
 
 def _judge_with_keys(page: Page, fab: UiFab, order: list[str]) -> None:
@@ -132,7 +120,7 @@ def test_sign_in_then_work_the_queue_with_the_keyboard(
     expect(page.locator("#top-classes li")).to_have_count(3)
     # The lot's other wafers arrive after the page is shown.
     expect(page.locator("#lot-wafers")).not_to_contain_text("for its wafer gallery")
-    _keys_ready(page)
+    keys_ready(page)
     screenshot(page, "review")
     assert_accessible(page)
 
