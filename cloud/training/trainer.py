@@ -262,19 +262,7 @@ def train(
             on_batch=lambda done, _total, epoch=epoch: report(epoch, done),
         )
         record = _validate(run, epoch, sums, started)
-        run.history.append(record)
-        log.info(
-            "epoch %d: %s", epoch + 1, {k: v for k, v in record.items() if not isinstance(v, list)}
-        )
-        is_best = record["val_macro_f1"] > run.best_f1
-        if is_best:
-            run.best_f1, run.best_epoch = record["val_macro_f1"], epoch + 1
-        if replicas.is_main:
-            ckpt = run.checkpoint(epoch)
-            _atomic_save(ckpt, run_dir / LAST)
-            if is_best:
-                _atomic_save(ckpt, run_dir / BEST)
-        replicas.barrier()  # nobody runs ahead of (or resumes before) rank 0's checkpoint
+        _end_epoch(run, epoch, record, run_dir)
         report(epoch, report.batches, record)
     return TrainResult(
         run_dir=run_dir,
@@ -282,6 +270,23 @@ def train(
         best_val_macro_f1=run.best_f1,
         history=run.history,
     )
+
+
+def _end_epoch(run: Run, epoch: int, record: dict[str, Any], run_dir: Path) -> None:
+    """Record the epoch, keep the best, and checkpoint (rank 0 alone; the others wait)."""
+    run.history.append(record)
+    log.info(
+        "epoch %d: %s", epoch + 1, {k: v for k, v in record.items() if not isinstance(v, list)}
+    )
+    is_best = record["val_macro_f1"] > run.best_f1
+    if is_best:
+        run.best_f1, run.best_epoch = record["val_macro_f1"], epoch + 1
+    if run.replicas.is_main:
+        ckpt = run.checkpoint(epoch)
+        _atomic_save(ckpt, run_dir / LAST)
+        if is_best:
+            _atomic_save(ckpt, run_dir / BEST)
+    run.replicas.barrier()  # nobody runs ahead of (or resumes before) rank 0's checkpoint
 
 
 def _validate(run: Run, epoch: int, sums: EpochSums, started: float) -> dict[str, Any]:
