@@ -67,21 +67,16 @@ def claim_step(
     )
     if not taken:
         return None
-    session.execute(
-        update(JobStepRow)
-        .where(JobStepRow.job_id == job_id, JobStepRow.name == step)
-        .values(state=RUNNING, attempts=JobStepRow.attempts + 1, finished_at=None)
-        .execution_options(synchronize_session=False)
+    _update_steps(
+        session,
+        job_id,
+        JobStepRow.name == step,
+        state=RUNNING,
+        attempts=JobStepRow.attempts + 1,
+        finished_at=None,
     )
-    session.execute(
-        update(JobStepRow)
-        .where(
-            JobStepRow.job_id == job_id,
-            JobStepRow.name == step,
-            JobStepRow.started_at.is_(None),
-        )
-        .values(started_at=now)
-        .execution_options(synchronize_session=False)
+    _update_steps(
+        session, job_id, JobStepRow.name == step, JobStepRow.started_at.is_(None), started_at=now
     )
     attempts = session.scalar(
         select(JobStepRow.attempts).where(JobStepRow.job_id == job_id, JobStepRow.name == step)
@@ -174,13 +169,27 @@ def complete_step(
         values["verdict"] = dict(verdict)
     if not _release(session, job_id=job_id, worker=worker, values=values):
         return False
-    session.execute(
-        update(JobStepRow)
-        .where(JobStepRow.job_id == job_id, JobStepRow.name == step)
-        .values(state=step_state, output=dict(output), finished_at=now)
-        .execution_options(synchronize_session=False)
+    _update_steps(
+        session,
+        job_id,
+        JobStepRow.name == step,
+        state=step_state,
+        output=dict(output),
+        finished_at=now,
     )
     return True
+
+
+def _update_steps(
+    session: Session, job_id: str, *where: ColumnElement[bool], **values: Any
+) -> None:
+    """Set ``values`` on the steps of ``job_id`` that match ``where``."""
+    session.execute(
+        update(JobStepRow)
+        .where(JobStepRow.job_id == job_id, *where)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _release(session: Session, *, job_id: str, worker: str, values: Mapping[str, Any]) -> bool:
@@ -204,12 +213,7 @@ def release_step(session: Session, *, job_id: str, step: str, worker: str, now: 
         session, job_id=job_id, worker=worker, values={"worker": None, "updated_at": now}
     ):
         return False
-    session.execute(
-        update(JobStepRow)
-        .where(JobStepRow.job_id == job_id, JobStepRow.name == step)
-        .values(state=PENDING)
-        .execution_options(synchronize_session=False)
-    )
+    _update_steps(session, job_id, JobStepRow.name == step, state=PENDING)
     return True
 
 
@@ -245,18 +249,8 @@ def fail_job(
     step_values: dict[str, Any] = {"state": FAILED, "finished_at": now}
     if output is not None:
         step_values["output"] = dict(output)
-    session.execute(
-        update(JobStepRow)
-        .where(JobStepRow.job_id == job_id, JobStepRow.name == step)
-        .values(**step_values)
-        .execution_options(synchronize_session=False)
-    )
-    session.execute(
-        update(JobStepRow)
-        .where(JobStepRow.job_id == job_id, JobStepRow.state == PENDING)
-        .values(state=SKIPPED)
-        .execution_options(synchronize_session=False)
-    )
+    _update_steps(session, job_id, JobStepRow.name == step, **step_values)
+    _update_steps(session, job_id, JobStepRow.state == PENDING, state=SKIPPED)
     return True
 
 
@@ -298,12 +292,7 @@ def finish_cancelled(
     )
     if not cancelled:
         return False
-    session.execute(
-        update(JobStepRow)
-        .where(JobStepRow.job_id == job_id, JobStepRow.state.in_((PENDING, RUNNING)))
-        .values(state=CANCELLED)
-        .execution_options(synchronize_session=False)
-    )
+    _update_steps(session, job_id, JobStepRow.state.in_((PENDING, RUNNING)), state=CANCELLED)
     return True
 
 

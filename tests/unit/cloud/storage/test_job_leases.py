@@ -3,27 +3,11 @@ SQLite cloud database."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from cloud.storage import job_leases, jobs
 from cloud.storage.db import Database
-
-STEPS = ("collect", "validate", "train")
-T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
-
-
-def _job(db: Database, job_id: str = "job-1", at: datetime = T0) -> jobs.Job:
-    with db.session() as session:
-        return jobs.create_job(
-            session,
-            job_id=job_id,
-            config_name="tiny",
-            overrides={"optim.epochs": 2},
-            reason="new labels",
-            requested_by="alice",
-            steps=STEPS,
-            now=at,
-        )
+from tests.unit.cloud.storage.conftest import STEPS, T0, create_job
 
 
 def _claim(db: Database, worker: str, at: datetime, step: str = "collect") -> int | None:
@@ -51,7 +35,7 @@ def _steps(db: Database) -> dict[str, tuple[str, int]]:
 
 
 def test_a_step_is_claimed_once_while_its_lease_is_fresh(db: Database) -> None:
-    _job(db)
+    create_job(db)
     assert _claim(db, "w1", T0) == 1
     job = _get(db)
     assert (job.state, job.worker, job.heartbeat_at) == ("running", "w1", T0)
@@ -63,7 +47,7 @@ def test_a_step_is_claimed_once_while_its_lease_is_fresh(db: Database) -> None:
 def test_a_stale_lease_goes_to_the_next_claimant_and_the_old_worker_writes_nothing(
     db: Database,
 ) -> None:
-    _job(db)
+    create_job(db)
     _claim(db, "w1", T0)
     later = T0 + timedelta(seconds=61)
     assert _claim(db, "w2", later) == 2  # w1 stopped renewing: w2 takes over
@@ -98,7 +82,7 @@ def test_a_stale_lease_goes_to_the_next_claimant_and_the_old_worker_writes_nothi
 
 
 def test_the_heartbeat_records_progress_and_reports_a_cancellation(db: Database) -> None:
-    _job(db)
+    create_job(db)
     _claim(db, "w1", T0)
     with db.session() as session:
         assert (
@@ -112,7 +96,7 @@ def test_the_heartbeat_records_progress_and_reports_a_cancellation(db: Database)
 
 
 def test_the_last_step_sets_the_final_state_and_the_verdict(db: Database) -> None:
-    _job(db)
+    create_job(db)
     with db.session() as session:
         jobs.assign_version(session, job_id="job-1", version="cnn-v0.1.0")
     for step, following in (("collect", "validate"), ("validate", "train"), ("train", None)):
@@ -136,7 +120,7 @@ def test_the_last_step_sets_the_final_state_and_the_verdict(db: Database) -> Non
 
 
 def test_a_failed_step_fails_the_job_and_skips_the_rest(db: Database) -> None:
-    _job(db)
+    create_job(db)
     _claim(db, "w", T0)
     with db.session() as session:
         assert not job_leases.fail_job(
@@ -161,7 +145,7 @@ def test_a_failed_step_fails_the_job_and_skips_the_rest(db: Database) -> None:
 
 
 def test_a_released_step_is_pending_again_for_another_attempt(db: Database) -> None:
-    _job(db)
+    create_job(db)
     _claim(db, "w1", T0)
     with db.session() as session:
         assert job_leases.release_step(session, job_id="job-1", step="collect", worker="w1", now=T0)
@@ -172,8 +156,8 @@ def test_a_released_step_is_pending_again_for_another_attempt(db: Database) -> N
 def test_a_job_nobody_runs_is_cancelled_at_once_a_running_one_by_its_worker(
     db: Database,
 ) -> None:
-    _job(db, "idle")
-    _job(db, "job-1")
+    create_job(db, "idle")
+    create_job(db, "job-1")
     _claim(db, "w1", T0)
     with db.session() as session:
         for job_id in ("idle", "job-1"):
@@ -192,9 +176,9 @@ def test_a_job_nobody_runs_is_cancelled_at_once_a_running_one_by_its_worker(
 def test_stalled_jobs_are_those_with_a_lost_worker_or_untouched_without_one(
     db: Database,
 ) -> None:
-    _job(db, "fresh", at=T0 + timedelta(seconds=50))
-    _job(db, "untouched", at=T0)
-    _job(db, "job-1", at=T0)
+    create_job(db, "fresh", at=T0 + timedelta(seconds=50))
+    create_job(db, "untouched", at=T0)
+    create_job(db, "job-1", at=T0)
     _claim(db, "w1", T0)  # its heartbeat stops at T0
     stale_before = T0 + timedelta(seconds=30)
     with db.session() as session:

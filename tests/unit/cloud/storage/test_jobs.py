@@ -3,29 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
 from cloud.storage import jobs
 from cloud.storage.db import Database
-
-STEPS = ("collect", "validate", "train")
-T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
-
-
-def _job(db: Database, job_id: str = "job-1", at: datetime = T0) -> jobs.Job:
-    with db.session() as session:
-        return jobs.create_job(
-            session,
-            job_id=job_id,
-            config_name="tiny",
-            overrides={"optim.epochs": 2},
-            reason="new labels",
-            requested_by="alice",
-            steps=STEPS,
-            now=at,
-        )
+from tests.unit.cloud.storage.conftest import STEPS, T0, create_job
 
 
 def _get(db: Database, job_id: str = "job-1") -> jobs.Job:
@@ -41,7 +25,7 @@ def _steps(db: Database) -> dict[str, tuple[str, int]]:
 
 
 def test_a_new_job_is_queued_at_its_first_step_with_every_step_pending(db: Database) -> None:
-    job = _job(db)
+    job = create_job(db)
     assert (job.state, job.current_step, job.progress, job.cancel_requested) == (
         "queued",
         "collect",
@@ -56,8 +40,8 @@ def test_a_new_job_is_queued_at_its_first_step_with_every_step_pending(db: Datab
 
 
 def test_two_jobs_never_hold_the_same_model_version(db: Database) -> None:
-    _job(db, "a")
-    _job(db, "b")
+    create_job(db, "a")
+    create_job(db, "b")
     with db.session() as session:
         assert jobs.assign_version(session, job_id="a", version="cnn-v0.1.0")
         assert not jobs.assign_version(session, job_id="b", version="cnn-v0.1.0")
@@ -74,8 +58,8 @@ def test_two_jobs_never_hold_the_same_model_version(db: Database) -> None:
 
 
 def test_logs_come_back_oldest_first_and_the_list_newest_first(db: Database) -> None:
-    _job(db, "older", at=T0)
-    _job(db, "job-1", at=T0 + timedelta(minutes=1))
+    create_job(db, "older", at=T0)
+    create_job(db, "job-1", at=T0 + timedelta(minutes=1))
     with db.session() as session:
         for i in range(5):
             jobs.add_log(
