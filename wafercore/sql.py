@@ -15,7 +15,26 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+
+def is_postgres(session: Session | AsyncSession) -> bool:
+    """Whether the session talks to PostgreSQL (else SQLite)."""
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def dialect_insert(
+    session: Session | AsyncSession, entity: Any
+) -> postgresql.Insert | sqlite.Insert:
+    """``INSERT`` into ``entity`` (an ORM class) with the database's ``ON CONFLICT`` clauses.
+
+    Both supported databases have ``INSERT ... ON CONFLICT``; this picks the SQLAlchemy construct
+    of the session's database so a repository writes one upsert for both.
+    """
+    return postgresql.insert(entity) if is_postgres(session) else sqlite.insert(entity)
 
 
 def sync_url(url: str) -> str:

@@ -31,6 +31,7 @@ from fab_server.api_tokens import ApiTokenTable
 from fab_server.errors import FabError
 from fab_server.services import nodes
 from fab_server.settings import FabSettings, Role
+from wafercore import grpc_auth
 from wafercore.validation import check_id
 
 _NO_CREDENTIALS = (
@@ -81,16 +82,10 @@ def bearer_token(metadata: Iterable[tuple[str, Any]]) -> str | None:
     Raises:
         Unauthenticated: the header is repeated or is not ``Bearer <token>``.
     """
-    values = [value for key, value in metadata if key.lower() == "authorization"]
-    if not values:
-        return None
-    if len(values) > 1:
-        # Which one would count? Refused rather than guessed.
-        raise Unauthenticated("authorization: sent more than once")
-    scheme, _, token = str(values[0]).strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthenticated("authorization: expected 'Bearer <token>'")
-    return token.strip()
+    try:
+        return grpc_auth.bearer_token(metadata)
+    except ValueError as err:
+        raise Unauthenticated(str(err)) from None
 
 
 def peer_certificate(context: Any) -> tuple[str, bytes] | None:

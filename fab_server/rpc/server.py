@@ -7,10 +7,10 @@ import logging
 import grpc  # type: ignore[import-untyped]
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from fab_server import tls
 from fab_server.rpc.servicer import FabServicer
 from fab_server.services.classify import Classifier
 from fab_server.settings import FabSettings
+from wafercore import tls
 from wafercore.runtime import ModelRuntime
 from waferplatform.v1 import fab_pb2_grpc  # type: ignore[import-not-found]
 
@@ -55,7 +55,9 @@ async def start_grpc_server(
         ValueError: bad TLS settings or API tokens.
         RuntimeError: the address cannot be bound.
     """
-    credentials = tls.server_credentials(settings)
+    credentials = tls.server_credentials(
+        tls_cert=settings.tls_cert, tls_key=settings.tls_key, tls_client_ca=settings.tls_client_ca
+    )
     server = grpc.aio.server(options=_OPTIONS)
     servicer = FabServicer(settings, sessions, Classifier(settings.model_dir, runtime))
     fab_pb2_grpc.add_FabServiceServicer_to_server(servicer, server)

@@ -11,7 +11,7 @@ import pytest_asyncio
 
 from fab_server.certs import DevCerts, make_dev_certs
 from fab_server.settings import FabSettings
-from fab_server.tls import channel_credentials, server_credentials
+from wafercore.tls import channel_credentials, server_credentials
 from waferplatform.v1 import fab_pb2, fab_pb2_grpc
 
 pytestmark = pytest.mark.integration
@@ -55,7 +55,14 @@ async def _serve(settings: FabSettings) -> AsyncIterator[tuple[int, _MetricsSink
     sink = _MetricsSink()
     server = grpc.aio.server()
     fab_pb2_grpc.add_FabServiceServicer_to_server(sink, server)
-    port = server.add_secure_port("127.0.0.1:0", server_credentials(settings))
+    port = server.add_secure_port(
+        "127.0.0.1:0",
+        server_credentials(
+            tls_cert=settings.tls_cert,
+            tls_key=settings.tls_key,
+            tls_client_ca=settings.tls_client_ca,
+        ),
+    )
     await server.start()
     try:
         yield port, sink
@@ -143,7 +150,7 @@ async def test_without_a_client_ca_tls_only_authenticates_the_server(
 
 
 def test_no_certificate_configured_means_a_plaintext_server() -> None:
-    assert server_credentials(FabSettings()) is None
+    assert server_credentials(tls_cert=None, tls_key=None, tls_client_ca=None) is None
 
 
 def test_incomplete_or_mismatched_configuration_fails_naming_the_setting(
@@ -158,6 +165,10 @@ def test_incomplete_or_mismatched_configuration_fails_naming_the_setting(
     ]
     for settings, setting in cases:
         with pytest.raises(ValueError, match=f"^{setting}:"):
-            server_credentials(settings)
+            server_credentials(
+                tls_cert=settings.tls_cert,
+                tls_key=settings.tls_key,
+                tls_client_ca=settings.tls_client_ca,
+            )
     with pytest.raises(ValueError, match=r"^cert, key:"):
         channel_credentials(ca=pki.ca.cert, cert=pki.clients["edge-01"].cert)

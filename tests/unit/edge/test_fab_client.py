@@ -24,7 +24,7 @@ from edge.fab_client import (
 from edge.settings import EdgeSettings
 from fab_server.certs import DevCerts, make_dev_certs
 from fab_server.settings import FabSettings
-from fab_server.tls import server_credentials
+from wafercore.tls import server_credentials
 from waferplatform.v1 import common_pb2, fab_pb2, fab_pb2_grpc
 
 NODE = "edge-01"
@@ -179,7 +179,14 @@ async def _recording_server(
     edge: dict[str, Any] = {}
     if tls:
         settings = FabSettings(tls_cert=pki.server.cert, tls_key=pki.server.key)
-        port = server.add_secure_port("127.0.0.1:0", server_credentials(settings))
+        port = server.add_secure_port(
+            "127.0.0.1:0",
+            server_credentials(
+                tls_cert=settings.tls_cert,
+                tls_key=settings.tls_key,
+                tls_client_ca=settings.tls_client_ca,
+            ),
+        )
         edge["tls_ca"] = pki.ca.cert
     else:
         port = server.add_insecure_port("127.0.0.1:0")

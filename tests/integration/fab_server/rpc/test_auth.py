@@ -22,7 +22,7 @@ from fab_server.rpc.convert import to_timestamp
 from fab_server.rpc.server import start_grpc_server
 from fab_server.services import nodes
 from fab_server.settings import FabSettings
-from fab_server.tls import channel_credentials
+from wafercore.tls import channel_credentials
 from waferplatform.v1 import common_pb2, fab_pb2, fab_pb2_grpc
 
 pytestmark = pytest.mark.integration

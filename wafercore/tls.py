@@ -1,9 +1,10 @@
-"""gRPC transport security: TLS for the fab server, mutual TLS when a client CA is configured.
+"""gRPC transport security of the fab server and the cloud's CloudSync: TLS, mutual TLS when a
+client CA is configured.
 
-Edge nodes authenticate with client certificates signed by ``settings.tls_client_ca``; the
-server proves itself with ``settings.tls_cert``. Files are read and checked once, at start-up,
-so a misconfigured server fails to start with a message naming the setting instead of failing
-every handshake later.
+Clients (edge nodes, fab servers) authenticate with client certificates signed by the
+server's ``tls_client_ca``; the server proves itself with its ``tls_cert``. Files are read and
+checked once, at start-up, so a misconfigured server fails to start with a message naming the
+setting instead of failing every handshake later.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from pathlib import Path
 import grpc  # type: ignore[import-untyped]
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-
-from fab_server.settings import FabSettings
 
 
 def _read(path: Path, setting: str) -> bytes:
@@ -48,31 +47,28 @@ def _key_pair(cert: Path, key: Path, *, names: tuple[str, str]) -> tuple[bytes, 
     return cert_pem, key_pem
 
 
-def server_credentials(settings: FabSettings) -> grpc.ServerCredentials | None:
+def server_credentials(
+    *, tls_cert: Path | None, tls_key: Path | None, tls_client_ca: Path | None
+) -> grpc.ServerCredentials | None:
     """The gRPC server's TLS credentials, or None for a plaintext (development) server.
 
     Args:
-        settings: ``tls_cert`` and ``tls_key`` (both or neither) enable TLS; ``tls_client_ca``
-            additionally requires every client to present a certificate it signed.
+        tls_cert: the server certificate (PEM); with ``tls_key``, or neither (plaintext).
+        tls_key: its private key.
+        tls_client_ca: when set, every client must present a certificate this CA signed.
 
     Raises:
         ValueError: an incomplete configuration, an unreadable file, or a key that does not
             match the certificate (the message names the setting).
     """
-    if settings.tls_cert is None and settings.tls_key is None:
-        if settings.tls_client_ca is not None:
+    if tls_cert is None and tls_key is None:
+        if tls_client_ca is not None:
             raise ValueError("tls_client_ca: client certificates need tls_cert and tls_key too")
         return None
-    if settings.tls_cert is None or settings.tls_key is None:
+    if tls_cert is None or tls_key is None:
         raise ValueError("tls_cert, tls_key: set both or neither")
-    cert_pem, key_pem = _key_pair(
-        settings.tls_cert, settings.tls_key, names=("tls_cert", "tls_key")
-    )
-    client_ca = (
-        _certificates(settings.tls_client_ca, "tls_client_ca")
-        if settings.tls_client_ca is not None
-        else None
-    )
+    cert_pem, key_pem = _key_pair(tls_cert, tls_key, names=("tls_cert", "tls_key"))
+    client_ca = _certificates(tls_client_ca, "tls_client_ca") if tls_client_ca is not None else None
     return grpc.ssl_server_credentials(
         [(key_pem, cert_pem)],
         root_certificates=client_ca,
