@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from waferplatform.v1 import common_pb2 as waferplatform_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cwaferplatform/v1/cloud.proto\x12\x10waferplatform.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dwaferplatform/v1/common.proto\"\xf3\x02\n\rReviewedLabel\x12\x11\n\twafer_key\x18\x01 \x01(\t\x12\x0f\n\x07lot_key\x18\x02 \x01(\t\x12\x31\n\ntrue_label\x18\x03 \x01(\x0e\x32\x1d.waferplatform.v1.DefectClass\x12\x36\n\x0fpredicted_label\x18\x04 \x01(\x0e\x32\x1d.waferplatform.v1.DefectClass\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x12\n\nconfidence\x18\x06 \x01(\x02\x12/\n\x0breviewed_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\twafer_map\x18\x08 \x01(\x0b\x32\x1a.waferplatform.v1.WaferMapH\x00\x88\x01\x01\x12\x35\n\rreview_reason\x18\t \x01(\x0e\x32\x1e.waferplatform.v1.ReviewReasonB\x0c\n\n_wafer_map\"o\n\x13UploadLabelsRequest\x12\x0e\n\x06\x66\x61\x62_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12/\n\x06labels\x18\x03 \x03(\x0b\x32\x1f.waferplatform.v1.ReviewedLabel\"\xe1\x02\n\x0e\x44\x61ilyAggregate\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61te\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x14\n\x0c\x63lass_counts\x18\x04 \x03(\x04\x12\x19\n\x11wafers_classified\x18\x05 \x01(\x04\x12\x15\n\rflagged_count\x18\x06 \x01(\x04\x12\x16\n\x0ereviewed_count\x18\x07 \x01(\x04\x12\x1e\n\x16reviewed_correct_count\x18\x08 \x01(\x04\x12\x1e\n\x11reviewed_accuracy\x18\t \x01(\x01H\x00\x88\x01\x01\x12\x16\n\x0elatency_p50_ms\x18\n \x01(\x01\x12\x16\n\x0elatency_p90_ms\x18\x0b \x01(\x01\x12\x16\n\x0elatency_p99_ms\x18\x0c \x01(\x01\x12\x1b\n\x13\x61vg_recursion_steps\x18\r \x01(\x01\x42\x14\n\x12_reviewed_accuracy\"x\n\x17UploadAggregatesRequest\x12\x0e\n\x06\x66\x61\x62_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12\x34\n\naggregates\x18\x03 \x03(\x0b\x32 .waferplatform.v1.DailyAggregate\"H\n\tUploadAck\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\r\x12\x10\n\x08rejected\x18\x03 \x01(\r\"\'\n\x15GetDeploymentsRequest\x12\x0e\n\x06\x66\x61\x62_id\x18\x01 \x01(\t\"\xca\x01\n\x0eNodeDeployment\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12-\n\x05stage\x18\x03 \x01(\x0e\x32\x1e.waferplatform.v1.RolloutStage\x12\x12\n\nrollout_id\x18\x04 \x01(\t\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x04\x12\x11\n\tsignature\x18\x07 \x01(\x0c\x12\x16\n\x0esigning_key_id\x18\x08 \x01(\t\"\x91\x01\n\x16GetDeploymentsResponse\x12\x0e\n\x06\x66\x61\x62_id\x18\x01 \x01(\t\x12\x35\n\x0b\x64\x65ployments\x18\x02 \x03(\x0b\x32 .waferplatform.v1.NodeDeployment\x12\x30\n\x0cgenerated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xa0\x02\n\tCloudSync\x12R\n\x0cUploadLabels\x12%.waferplatform.v1.UploadLabelsRequest\x1a\x1b.waferplatform.v1.UploadAck\x12Z\n\x10UploadAggregates\x12).waferplatform.v1.UploadAggregatesRequest\x1a\x1b.waferplatform.v1.UploadAck\x12\x63\n\x0eGetDeployments\x12\'.waferplatform.v1.GetDeploymentsRequest\x1a(.waferplatform.v1.GetDeploymentsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cwaferplatform/v1/cloud.proto\x12\x10waferplatform.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dwaferplatform/v1/common.proto\"\x89\x03\n\rReviewedLabel\x12\x11\n\twafer_key\x18\x01 \x01(\t\x12\x0f\n\x07lot_key\x18\x02 \x01(\t\x12\x31\n\ntrue_label\x18\x03 \x01(\x0e\x32\x1d.waferplatform.v1.DefectClass\x12\x36\n\x0fpredicted_label\x18\x04 \x01(\x0e\x32\x1d.waferplatform.v1.DefectClass\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x12\n\nconfidence\x18\x06 \x01(\x02\x12/\n\x0breviewed_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\twafer_map\x18\x08 \x01(\x0b\x32\x1a.waferplatform.v1.WaferMapH\x00\x88\x01\x01\x12\x35\n\rreview_reason\x18\t \x01(\x0e\x32\x1e.waferplatform.v1.ReviewReason\x12\x14\n\x0creviewer_key\x18\n \x01(\tB\x0c\n\n_wafer_map\"o\n\x13UploadLabelsRequest\x12\x0e\n\x06\x66\x61\x62_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12/\n\x06labels\x18\x03 \x03(\x0b\x32\x1f.waferplatform.v1.ReviewedLabel\"\xe1\x02\n\x0e\x44\x61ilyAggregate\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61te\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x14\n\x0c\x63lass_counts\x18\x04 \x03(\x04\x12\x19\n\x11wafers_classified\x18\x05 \x01(\x04\x12\x15\n\rflagged_count\x18\x06 \x01(\x04\x12\x16\n\x0ereviewed_count\x18\x07 \x01(\x04\x12\x1e\n\x16reviewed_correct_count\x18\x08 \x01(\x04\x12\x1e\n\x11reviewed_accuracy\x18\t \x01(\x01H\x00\x88\x01\x01\x12\x16\n\x0elatency_p50_ms\x18\n \x01(\x01\x12\x16\n\x0elatency_p90_ms\x18\x0b \x01(\x01\x12\x16\n\x0elatency_p99_ms\x18\x0c \x01(\x01\x12\x1b\n\x13\x61vg_recursion_steps\x18\r \x01(\x01\x42\x14\n\x12_reviewed_accuracy\"x\n\x17UploadAggregatesRequest\x12\x0e\n\x06\x66\x61\x62_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12\x34\n\naggregates\x18\x03 \x03(\x0b\x32 .waferplatform.v1.DailyAggregate\"H\n\tUploadAck\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\r\x12\x10\n\x08rejected\x18\x03 \x01(\r\"\'\n\x15GetDeploymentsRequest\x12\x0e\n\x06\x66\x61\x62_id\x18\x01 \x01(\t\"\xca\x01\n\x0eNodeDeployment\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12-\n\x05stage\x18\x03 \x01(\x0e\x32\x1e.waferplatform.v1.RolloutStage\x12\x12\n\nrollout_id\x18\x04 \x01(\t\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x04\x12\x11\n\tsignature\x18\x07 \x01(\x0c\x12\x16\n\x0esigning_key_id\x18\x08 \x01(\t\"\x91\x01\n\x16GetDeploymentsResponse\x12\x0e\n\x06\x66\x61\x62_id\x18\x01 \x01(\t\x12\x35\n\x0b\x64\x65ployments\x18\x02 \x03(\x0b\x32 .waferplatform.v1.NodeDeployment\x12\x30\n\x0cgenerated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xa0\x02\n\tCloudSync\x12R\n\x0cUploadLabels\x12%.waferplatform.v1.UploadLabelsRequest\x1a\x1b.waferplatform.v1.UploadAck\x12Z\n\x10UploadAggregates\x12).waferplatform.v1.UploadAggregatesRequest\x1a\x1b.waferplatform.v1.UploadAck\x12\x63\n\x0eGetDeployments\x12\'.waferplatform.v1.GetDeploymentsRequest\x1a(.waferplatform.v1.GetDeploymentsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,21 +34,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'waferplatform.v1.cloud_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REVIEWEDLABEL']._serialized_start=115
-  _globals['_REVIEWEDLABEL']._serialized_end=486
-  _globals['_UPLOADLABELSREQUEST']._serialized_start=488
-  _globals['_UPLOADLABELSREQUEST']._serialized_end=599
-  _globals['_DAILYAGGREGATE']._serialized_start=602
-  _globals['_DAILYAGGREGATE']._serialized_end=955
-  _globals['_UPLOADAGGREGATESREQUEST']._serialized_start=957
-  _globals['_UPLOADAGGREGATESREQUEST']._serialized_end=1077
-  _globals['_UPLOADACK']._serialized_start=1079
-  _globals['_UPLOADACK']._serialized_end=1151
-  _globals['_GETDEPLOYMENTSREQUEST']._serialized_start=1153
-  _globals['_GETDEPLOYMENTSREQUEST']._serialized_end=1192
-  _globals['_NODEDEPLOYMENT']._serialized_start=1195
-  _globals['_NODEDEPLOYMENT']._serialized_end=1397
-  _globals['_GETDEPLOYMENTSRESPONSE']._serialized_start=1400
-  _globals['_GETDEPLOYMENTSRESPONSE']._serialized_end=1545
-  _globals['_CLOUDSYNC']._serialized_start=1548
-  _globals['_CLOUDSYNC']._serialized_end=1836
+  _globals['_REVIEWEDLABEL']._serialized_end=508
+  _globals['_UPLOADLABELSREQUEST']._serialized_start=510
+  _globals['_UPLOADLABELSREQUEST']._serialized_end=621
+  _globals['_DAILYAGGREGATE']._serialized_start=624
+  _globals['_DAILYAGGREGATE']._serialized_end=977
+  _globals['_UPLOADAGGREGATESREQUEST']._serialized_start=979
+  _globals['_UPLOADAGGREGATESREQUEST']._serialized_end=1099
+  _globals['_UPLOADACK']._serialized_start=1101
+  _globals['_UPLOADACK']._serialized_end=1173
+  _globals['_GETDEPLOYMENTSREQUEST']._serialized_start=1175
+  _globals['_GETDEPLOYMENTSREQUEST']._serialized_end=1214
+  _globals['_NODEDEPLOYMENT']._serialized_start=1217
+  _globals['_NODEDEPLOYMENT']._serialized_end=1419
+  _globals['_GETDEPLOYMENTSRESPONSE']._serialized_start=1422
+  _globals['_GETDEPLOYMENTSRESPONSE']._serialized_end=1567
+  _globals['_CLOUDSYNC']._serialized_start=1570
+  _globals['_CLOUDSYNC']._serialized_end=1858
 # @@protoc_insertion_point(module_scope)

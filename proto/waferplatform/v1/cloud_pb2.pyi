@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ReviewedLabel(_message.Message):
-    __slots__ = ("wafer_key", "lot_key", "true_label", "predicted_label", "model_version", "confidence", "reviewed_at", "wafer_map", "review_reason")
+    __slots__ = ("wafer_key", "lot_key", "true_label", "predicted_label", "model_version", "confidence", "reviewed_at", "wafer_map", "review_reason", "reviewer_key")
     WAFER_KEY_FIELD_NUMBER: _ClassVar[int]
     LOT_KEY_FIELD_NUMBER: _ClassVar[int]
     TRUE_LABEL_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +21,7 @@ class ReviewedLabel(_message.Message):
     REVIEWED_AT_FIELD_NUMBER: _ClassVar[int]
     WAFER_MAP_FIELD_NUMBER: _ClassVar[int]
     REVIEW_REASON_FIELD_NUMBER: _ClassVar[int]
+    REVIEWER_KEY_FIELD_NUMBER: _ClassVar[int]
     wafer_key: str
     lot_key: str
     true_label: _common_pb2.DefectClass
@@ -30,7 +31,8 @@ class ReviewedLabel(_message.Message):
     reviewed_at: _timestamp_pb2.Timestamp
     wafer_map: _common_pb2.WaferMap
     review_reason: _common_pb2.ReviewReason
-    def __init__(self, wafer_key: _Optional[str] = ..., lot_key: _Optional[str] = ..., true_label: _Optional[_Union[_common_pb2.DefectClass, str]] = ..., predicted_label: _Optional[_Union[_common_pb2.DefectClass, str]] = ..., model_version: _Optional[str] = ..., confidence: _Optional[float] = ..., reviewed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., wafer_map: _Optional[_Union[_common_pb2.WaferMap, _Mapping]] = ..., review_reason: _Optional[_Union[_common_pb2.ReviewReason, str]] = ...) -> None: ...
+    reviewer_key: str
+    def __init__(self, wafer_key: _Optional[str] = ..., lot_key: _Optional[str] = ..., true_label: _Optional[_Union[_common_pb2.DefectClass, str]] = ..., predicted_label: _Optional[_Union[_common_pb2.DefectClass, str]] = ..., model_version: _Optional[str] = ..., confidence: _Optional[float] = ..., reviewed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., wafer_map: _Optional[_Union[_common_pb2.WaferMap, _Mapping]] = ..., review_reason: _Optional[_Union[_common_pb2.ReviewReason, str]] = ..., reviewer_key: _Optional[str] = ...) -> None: ...
 
 class UploadLabelsRequest(_message.Message):
     __slots__ = ("fab_id", "idempotency_key", "labels")
