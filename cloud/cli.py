@@ -256,6 +256,11 @@ from cloud.api.commands import serve, tokens  # noqa: E402
 main.add_command(serve)
 main.add_command(tokens)
 
+from cloud.api.ops_commands import drift, rollout  # noqa: E402
+
+main.add_command(rollout)
+main.add_command(drift)
+
 # The registry's commands live beside the registry (cloud.registry.commands).
 from cloud.registry.commands import models, registry  # noqa: E402
 

@@ -17,11 +17,3 @@ class NotFound(LookupError):
 
 class Conflict(RuntimeError):
     """The request contradicts the current state, for example cancelling a finished job (409)."""
-
-
-class NotImplementedYet(RuntimeError):
-    """A capability another issue builds (501 naming it), never a stub that pretends."""
-
-    def __init__(self, capability: str) -> None:
-        super().__init__(capability)
-        self.capability = capability

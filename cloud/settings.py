@@ -33,6 +33,55 @@ class DataChecks(BaseModel):
     max_review_age_days: int = Field(default=90, ge=1, description="Reviewed labels newer than.")
 
 
+class DriftSettings(BaseModel):
+    """Drift monitoring (brief §4): PSI of the predicted-class mix, halting steps, KS, accuracy."""
+
+    every_s: float = Field(default=7 * 24 * 3600.0, gt=0, description="Beat: how often (weekly).")
+    window_days: float = Field(default=7.0, gt=0, description="The current window (a week).")
+    psi_investigate: float = Field(default=0.10, ge=0, description="PSI from here: investigate.")
+    psi_retrain: float = Field(default=0.25, ge=0, description="PSI above this: retrain.")
+    min_wafers: int = Field(
+        default=200, ge=1, description="Fewer wafers in the window: PSI is not computed."
+    )
+    halting_min_days: int = Field(
+        default=3, ge=2, description="Days of steps needed to call a trend."
+    )
+    alpha: float = Field(default=0.05, gt=0, lt=1, description="Significance of trend tests.")
+    ks_alpha: float = Field(default=0.01, gt=0, lt=1, description="KS p-value that flags drift.")
+    retrain: bool = Field(default=True, description="PSI above psi_retrain starts a job.")
+    retrain_config: str = Field(default="cnn64", description="Config of drift-started jobs.")
+
+
+class RolloutSettings(BaseModel):
+    """Canary rollouts and their A/B decision (brief §4 A/B testing; windows are settings)."""
+
+    canary_nodes: int = Field(default=2, ge=1, description="Nodes of the canary arm.")
+    trial_window_s: float = Field(
+        default=7 * 24 * 3600.0, gt=0, description="Canary length; then roll back if undecided."
+    )
+    min_reviewed_per_arm: int = Field(
+        default=2000, ge=1, description="Canary samples reviewed per arm before a decision."
+    )
+    alpha: float = Field(default=0.05, gt=0, lt=1, description="Significance level.")
+    confidence: float = Field(default=0.95, gt=0, lt=1, description="Bootstrap interval level.")
+    bootstrap_resamples: int = Field(default=2000, ge=100)
+    max_p99_ms: float = Field(default=50.0, gt=0, description="Guardrail: p99 latency.")
+    min_class_f1: float = Field(default=0.70, ge=0, le=1, description="Guardrail: class F1.")
+    min_class_support: int = Field(
+        default=30, ge=1, description="A class's F1 guardrail applies from this many samples."
+    )
+    max_review_rate_increase: float = Field(
+        default=0.05, ge=0, le=1, description="Guardrail: flagged rate, canary minus control."
+    )
+    watch_s: float = Field(
+        default=48 * 3600.0, gt=0, description="After promotion: automatic rollback window."
+    )
+    min_reviewed_watch: int = Field(
+        default=200, ge=1, description="Reviews of the new model needed to judge the watch."
+    )
+    evaluate_every_s: float = Field(default=300.0, gt=0, description="Beat: how often.")
+
+
 class CloudSettings(BaseSettings):
     """Environment of the cloud tier (prefix ``CLOUD_``; nested: ``CLOUD_GATE__MIN_ACCURACY``)."""
 
@@ -102,12 +151,24 @@ class CloudSettings(BaseSettings):
     )
     api_token: str | None = Field(default=None, description="Bearer token of `train --remote`.")
 
+    # CloudSync: the gRPC endpoint the fab servers sync with (fab tokens; TLS, mTLS optional).
+    sync_enabled: bool = Field(default=True, description="`serve` starts CloudSync too.")
+    sync_host: str = Field(default="127.0.0.1")
+    sync_port: int = Field(default=50061, ge=0, le=65535)
+    sync_tls_cert: Path | None = Field(default=None, description="Server certificate (PEM).")
+    sync_tls_key: Path | None = Field(default=None, description="Its private key (PEM).")
+    sync_tls_client_ca: Path | None = Field(
+        default=None, description="CA of the fabs' client certificates; set: mTLS required."
+    )
+
     # Signing of registered artifacts.
     signing_key: Path | None = Field(default=None, description="Ed25519 private key (PEM).")
     signing_key_id: str = Field(default="cloud-dev")
 
     gate: GateSettings = Field(default_factory=GateSettings)
     checks: DataChecks = Field(default_factory=DataChecks)
+    drift: DriftSettings = Field(default_factory=DriftSettings)
+    rollouts: RolloutSettings = Field(default_factory=RolloutSettings)
 
     @model_validator(mode="after")
     def _lease_outlives_heartbeats(self) -> CloudSettings:
@@ -140,6 +201,11 @@ class CloudSettings(BaseSettings):
         """The artifact root of the MLflow server this tier starts."""
         default = str((self.work_dir / "mlflow-artifacts").resolve())
         return self.mlflow_artifacts_destination or default
+
+    @property
+    def artifact_cache_dir(self) -> Path:
+        """Verified local copies of registered artifacts (the API and CloudSync serve them)."""
+        return self.work_dir / "api" / "artifacts"
 
     @property
     def jobs_dir(self) -> Path:

@@ -9,7 +9,7 @@ admin moves ``champion`` and ``previous`` and deploys (see `cloud.api.auth`).
 Errors: every error response is `wafercore.web.ErrorResponse` (``{"detail": [{"type", "loc",
 "msg"}]}``). A malformed request is 422 naming the field (pydantic's, or the services'
 `wafercore.errors.InvalidInput`), `cloud.errors.NotFound` 404, `cloud.errors.Conflict` 409,
-`cloud.errors.NotImplementedYet` 501 naming the capability, a body over `MAX_BODY_BYTES` 413,
+a body over `MAX_BODY_BYTES` 413,
 a request that arrives too slowly 408 (`wafercore.web.deadline_protocol`), and a database,
 broker or registry that does not answer 503.
 """
@@ -26,13 +26,16 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
 
+from cloud.api.analytics import analytics_router
 from cloud.api.auth import BearerGate, TokenAuth, unavailable_response
 from cloud.api.health import health_router
 from cloud.api.models import models_router
 from cloud.api.resources import Resources
+from cloud.api.rollouts import rollouts_router
 from cloud.api.training import training_router
-from cloud.errors import Conflict, NotFound, NotImplementedYet
+from cloud.errors import Conflict, NotFound
 from cloud.settings import CloudSettings
+from cloud.sync.server import start_sync_server
 from wafercore.web import BodyLimit, error_response, install_error_handlers, mount_docs
 
 logger = logging.getLogger(__name__)
@@ -51,15 +54,6 @@ async def _not_found(_: Request, exc: Exception) -> JSONResponse:
 
 async def _conflict(_: Request, exc: Exception) -> JSONResponse:
     return error_response(status.HTTP_409_CONFLICT, str(exc))
-
-
-async def _not_implemented(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, NotImplementedYet)
-    return error_response(
-        status.HTTP_501_NOT_IMPLEMENTED,
-        f"not implemented yet: {exc.capability}",
-        kind="not_implemented",
-    )
 
 
 async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
@@ -105,7 +99,9 @@ def create_app(settings: CloudSettings) -> FastAPI:
     """The cloud API; its database, registry and dispatcher are opened when it starts.
 
     Starting it (its lifespan: uvicorn, or ``with TestClient(app)``) migrates the cloud
-    database to the head and connects to the registry and the broker; stopping closes them.
+    database to the head, connects to the registry and the broker and, unless
+    ``settings.sync_enabled`` is off, starts the CloudSync gRPC server on the same database
+    (its port in ``app.state.sync_port``); stopping closes them.
 
     Args:
         settings: the cloud tier's settings.
@@ -116,11 +112,18 @@ def create_app(settings: CloudSettings) -> FastAPI:
     resources = Resources(settings)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(resources.open)
+        sync_server = None
         try:
+            if settings.sync_enabled:  # CloudSync (gRPC) beside the API, on the same resources
+                sync_server, app.state.sync_port = await start_sync_server(
+                    settings, resources.database(), resources.model_registry()
+                )
             yield
         finally:
+            if sync_server is not None:
+                await sync_server.stop(5)
             await run_in_threadpool(resources.close)
 
     auth = TokenAuth(resources)
@@ -142,9 +145,10 @@ def create_app(settings: CloudSettings) -> FastAPI:
     app.include_router(health_router(resources))
     app.include_router(training_router(resources, auth))
     app.include_router(models_router(resources, auth))
+    app.include_router(rollouts_router(resources, auth))
+    app.include_router(analytics_router(resources, auth))
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(Conflict, _conflict)
-    app.add_exception_handler(NotImplementedYet, _not_implemented)
     for error in unavailable:
         app.add_exception_handler(error, _unavailable)
     app.add_exception_handler(_registry_error(), _registry_failed)

@@ -74,17 +74,19 @@ class TokenAuth:
             return None
         return self.authenticate(token)
 
-    def require(self, role: Role) -> "RoleGuard":
-        """A dependency yielding the caller when their token has ``role`` or a higher one."""
-        return RoleGuard(self, role)
+    def require(self, role: Role, *, also: tuple[Role, ...] = ()) -> "RoleGuard":
+        """A dependency yielding the caller when their token has ``role`` or a higher one, or
+        one of the roles ``also`` names (``fab`` for artifact downloads)."""
+        return RoleGuard(self, role, also)
 
 
 class RoleGuard:
     """FastAPI dependency: the caller, when their token's role is at least `role`."""
 
-    def __init__(self, auth: TokenAuth, role: Role) -> None:
+    def __init__(self, auth: TokenAuth, role: Role, also: tuple[Role, ...] = ()) -> None:
         self.auth = auth
         self.role: Role = role
+        self.also = frozenset(also)
 
     def __call__(
         self,
@@ -103,7 +105,7 @@ class RoleGuard:
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"}
             )
-        if not tokens.role_at_least(principal.role, self.role):
+        if principal.role not in self.also and not tokens.role_at_least(principal.role, self.role):
             raise HTTPException(status.HTTP_403_FORBIDDEN, f"this needs the {self.role} role")
         return principal
 

@@ -69,7 +69,36 @@ class CloudApiClient:
         assert isinstance(answer, dict)
         return answer
 
+    def deploy(self, *, fab_id: str, version: str, nodes: list[str], reason: str) -> Any:
+        """Start a canary rollout; the rollout as the API returns it."""
+        body = {"fab_id": fab_id, "version": version, "nodes": nodes, "reason": reason}
+        return self._call("POST", "/models/deploy", json=body)
+
+    def rollouts(self, *, fab_id: str | None = None, active: bool = False) -> Any:
+        """Rollouts, newest first."""
+        params: dict[str, Any] = {"active": active} | ({"fab_id": fab_id} if fab_id else {})
+        return self._call("GET", "/rollouts", params=params)
+
+    def rollout(self, rollout_id: str) -> Any:
+        """One rollout with its latest decision."""
+        return self._call("GET", f"/rollouts/{rollout_id}")
+
+    def stop_rollout(self, rollout_id: str, *, reason: str) -> Any:
+        """Emergency stop of a rollout."""
+        return self._call("POST", f"/rollouts/{rollout_id}/stop", json={"reason": reason})
+
+    def drift(self, *, compute: bool = False) -> Any:
+        """The newest drift report, or (``compute``) one computed now."""
+        return self._call("POST" if compute else "GET", "/analytics/drift")
+
+    def drift_png(self) -> bytes:
+        """The drift plot (PNG bytes)."""
+        return self._request("GET", "/analytics/drift.png").content
+
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._request(method, path, **kwargs).json()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
@@ -77,7 +106,7 @@ class CloudApiClient:
                 None, f"cannot reach the cloud API at {self._http.base_url}: {exc}"
             ) from exc
         if response.is_success:
-            return response.json()
+            return response
         raise ApiError(response.status_code, _problem(response))
 
 

@@ -12,12 +12,12 @@ a node checks with `wafercore.signature.verify_artifact` against its pinned ``<k
 
 # No ``from __future__ import annotations``: FastAPI must evaluate the route signatures,
 # which name the role dependencies defined inside the router factory.
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response, status
 from fastapi.responses import FileResponse
 
-from cloud.api.artifacts import ArtifactCache, LocalArtifact
 from cloud.api.auth import Principal, TokenAuth
 from cloud.api.resources import Resources
 from cloud.api.schemas import (
@@ -25,9 +25,11 @@ from cloud.api.schemas import (
     DeployRequest,
     ModelDetailOut,
     ModelVersionOut,
+    RolloutOut,
 )
+from cloud.registry.artifacts import ArtifactCache, LocalArtifact
 from cloud.registry.provenance import SAFE_VERSION
-from cloud.services import models
+from cloud.services import models, rollouts
 from cloud.services.tokens import role_at_least
 from wafercore.web import error_responses
 
@@ -55,9 +57,11 @@ def models_router(resources: Resources, auth: TokenAuth) -> APIRouter:
         prefix="/models", tags=["models"], responses=error_responses((401, 403, 422, 503))
     )
     Viewer = Annotated[Principal, Depends(auth.require("viewer"))]  # noqa: N806
+    # A fab server downloads the artifacts its deployment plan names.
+    Reader = Annotated[Principal, Depends(auth.require("viewer", also=("fab",)))]  # noqa: N806
     Engineer = Annotated[Principal, Depends(auth.require("ml-engineer"))]  # noqa: N806
     Admin = Annotated[Principal, Depends(auth.require("admin"))]  # noqa: N806
-    cache = ArtifactCache(resources.settings.work_dir / "api" / "artifacts")
+    cache = ArtifactCache(resources.settings.artifact_cache_dir)
 
     @router.get("", response_model=list[ModelVersionOut])
     def list_models(_: Viewer) -> list[ModelVersionOut]:
@@ -67,29 +71,30 @@ def models_router(resources: Resources, auth: TokenAuth) -> APIRouter:
 
     @router.post(
         "/deploy",
-        status_code=status.HTTP_202_ACCEPTED,
-        responses={
-            202: {"description": "Never yet: rollouts are built by issue 13."},
-            **error_responses(
-                (*_ITEM, *_BODY, 501),
-                {501: "Recorded in the history; rollouts to fabs are not built yet."},
-            ),
-        },
+        status_code=status.HTTP_201_CREATED,
+        response_model=RolloutOut,
+        responses=error_responses((*_ITEM, *_BODY, 409)),
     )
-    def deploy(caller: Admin, body: DeployRequest) -> None:
-        """Record the intent to deploy a version to a fab's nodes and hand it to the rollout.
+    def deploy(caller: Admin, body: DeployRequest, response: Response) -> RolloutOut:
+        """Start a canary rollout of a version in a fab; follow it at ``/rollouts/{id}``.
 
-        The intent is validated and recorded in the version's history; the rollout itself
-        (canary, A/B statistics, promotion) is issue 13's: until then this is 501 naming it.
+        ``nodes`` name the canary arm; empty, the API picks ``canary_nodes`` (2) of the nodes
+        the fab has reported. The others keep the baseline (the control arm). 409 when the fab
+        already has a rollout under way or already runs the version.
         """
-        models.request_deploy(
+        rollout = rollouts.start(
+            resources.database(),
             resources.model_registry(),
-            body.version,
+            resources.settings.rollouts,
             fab_id=body.fab_id,
+            version=body.version,
             nodes=list(body.nodes),
             actor=caller.user,
             reason=body.reason,
+            now=datetime.now(UTC),
         )
+        response.headers["Location"] = f"/rollouts/{rollout.id}"
+        return RolloutOut.model_validate(rollout)
 
     @router.get("/{version}", response_model=ModelDetailOut, responses=error_responses(_ITEM))
     def get_model(_: Viewer, version: Version) -> ModelDetailOut:
@@ -130,7 +135,7 @@ def models_router(resources: Resources, auth: TokenAuth) -> APIRouter:
             **error_responses(_ITEM),
         },
     )
-    def artifact(_: Viewer, version: Version, request: Request) -> Response:
+    def artifact(_: Reader, version: Version, request: Request) -> Response:
         """The signed artifact, streamed, with its SHA-256 and signing key id in headers."""
         local = cache.fetch(resources.model_registry(), version)
         etag = f'"{local.model.artifact_sha256}"'
@@ -155,7 +160,7 @@ def models_router(resources: Resources, auth: TokenAuth) -> APIRouter:
             **error_responses(_ITEM),
         },
     )
-    def artifact_signature(_: Viewer, version: Version) -> Response:
+    def artifact_signature(_: Reader, version: Version) -> Response:
         """The artifact's detached signature (64 raw bytes)."""
         local = cache.fetch(resources.model_registry(), version)
         headers = _artifact_headers(local, resources.settings.signing_key_id)

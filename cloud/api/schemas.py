@@ -150,13 +150,50 @@ class AliasRequest(BaseModel):
 
 
 class DeployRequest(BaseModel):
-    """Deploy a version to some of a fab's nodes (a canary) or all of them."""
+    """Roll a version out in a fab: a canary on some of its nodes, then production."""
 
     model_config = ConfigDict(extra="forbid")
 
     version: ModelVersionName
     fab_id: Id
     nodes: list[Id] = Field(
-        default_factory=list, max_length=1000, description="Node ids; empty: every node."
+        default_factory=list,
+        max_length=1000,
+        description="The canary arm's nodes; empty: the API picks them.",
     )
+    reason: Reason
+
+
+RolloutStage = Literal["canary", "watching", "completed", "rolled_back", "stopped"]
+
+
+class RolloutOut(_Record):
+    """A rollout: where it stands, its arms, and its latest decision with the statistics."""
+
+    id: str
+    fab_id: str
+    model_version: str
+    baseline_version: str = Field(
+        description="What the control arm runs; what a rollback restores."
+    )
+    stage: RolloutStage
+    canary_nodes: list[str]
+    control_nodes: list[str]
+    requested_by: str
+    reason: str
+    started_at: datetime
+    canary_ends_at: datetime
+    promoted_at: datetime | None
+    watch_until: datetime | None
+    finished_at: datetime | None
+    decision: dict[str, Any] | None = Field(
+        description="Latest decision: action (promote, rollback, wait), reason, statistics."
+    )
+
+
+class StopRequest(BaseModel):
+    """An emergency stop."""
+
+    model_config = ConfigDict(extra="forbid")
+
     reason: Reason

@@ -1,5 +1,6 @@
 """The retraining pipeline's Celery app: Redis broker and result backend, one queue, and a
-task per step (`cloud.pipeline.context.STEPS`) plus the recovery task.
+task per step (`cloud.pipeline.context.STEPS`) plus the recovery task; beat also schedules the
+drift report and the rollout decisions (`cloud.services.drift`, `cloud.services.rollouts`).
 
 Nothing happens at import time: `make_celery` builds an app from the settings it is given
 (the worker's come from the environment, `wafer-cloud worker`; the API's from its own).
@@ -18,11 +19,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cloud.pipeline.context import STEPS
-from cloud.pipeline.dispatch import RECOVER_TASK, CeleryDispatcher, step_task_name
+from cloud.pipeline.dispatch import (
+    DRIFT_TASK,
+    RECOVER_TASK,
+    ROLLOUT_TASK,
+    CeleryDispatcher,
+    step_task_name,
+)
 from cloud.settings import CloudSettings
 
 if TYPE_CHECKING:
     from celery import Celery
+
+    from cloud.pipeline.runner import PipelineRuntime
 
 BEAT_SCHEDULE_FILE = "celerybeat-schedule"
 """`wafer-cloud beat`'s schedule state, in ``settings.work_dir``."""
@@ -31,7 +40,9 @@ BEAT_SCHEDULE_FILE = "celerybeat-schedule"
 def make_celery(settings: CloudSettings) -> Celery:
     """A Celery app for ``settings`` with the pipeline's tasks registered.
 
-    Its beat schedule runs the recovery task every ``settings.recover_every_s``.
+    Its beat schedule runs the recovery task every ``settings.recover_every_s``, the drift
+    report every ``settings.drift.every_s`` and the rollout decisions every
+    ``settings.rollouts.evaluate_every_s``.
     """
     from celery import Celery
 
@@ -49,12 +60,17 @@ def make_celery(settings: CloudSettings) -> Celery:
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
         beat_schedule={
-            "recover-stalled-jobs": {
-                "task": RECOVER_TASK,
-                "schedule": settings.recover_every_s,
-                # A check still queued behind a long step when the next is due is dropped.
-                "options": {"queue": settings.task_queue, "expires": settings.recover_every_s},
+            name: {
+                "task": task,
+                "schedule": every,
+                # A run still queued behind a long step when the next is due is dropped.
+                "options": {"queue": settings.task_queue, "expires": every},
             }
+            for name, task, every in (
+                ("recover-stalled-jobs", RECOVER_TASK, settings.recover_every_s),
+                ("compute-drift", DRIFT_TASK, settings.drift.every_s),
+                ("evaluate-rollouts", ROLLOUT_TASK, settings.rollouts.evaluate_every_s),
+            )
         },
         beat_schedule_filename=str(settings.work_dir / BEAT_SCHEDULE_FILE),
     )
@@ -88,3 +104,30 @@ def _register_tasks(app: Celery, settings: CloudSettings) -> None:
         return len(recover_stalled(runtime))
 
     app.task(name=RECOVER_TASK, shared=False)(recover)
+    _register_monitoring(app, runtime)
+
+
+def _register_monitoring(app: Celery, runtime: PipelineRuntime) -> None:
+    """The drift and rollout tasks (beat's), on the runtime's database and a registry."""
+    from cloud.registry.registry import ModelRegistry
+    from cloud.services import drift, rollouts
+    from cloud.storage.tables import utcnow
+
+    def compute_drift() -> int:
+        """Compute and store a drift report; returns its number."""
+        registry = ModelRegistry(runtime.settings, runtime.db)
+        report = drift.compute(
+            runtime.db, registry, runtime.dispatch, runtime.settings, now=utcnow()
+        )
+        return report.id
+
+    def evaluate_rollouts() -> list[str]:
+        """Decide every rollout under way; returns their stages after the decisions."""
+        registry = ModelRegistry(runtime.settings, runtime.db)
+        decided = rollouts.evaluate_active(
+            runtime.db, registry, runtime.settings.rollouts, now=utcnow()
+        )
+        return [rollout.stage for rollout in decided]
+
+    app.task(name=DRIFT_TASK, shared=False)(compute_drift)
+    app.task(name=ROLLOUT_TASK, shared=False)(evaluate_rollouts)

@@ -16,6 +16,10 @@ if TYPE_CHECKING:
 TASK_PREFIX = "cloud.pipeline."
 RECOVER_TASK = f"{TASK_PREFIX}recover_stalled"
 """The task that enqueues again the steps of jobs whose worker was lost."""
+DRIFT_TASK = "cloud.monitoring.compute_drift"
+"""Beat's drift report (weekly by default): may start a retraining job."""
+ROLLOUT_TASK = "cloud.monitoring.evaluate_rollouts"
+"""Beat's decision of every rollout under way."""
 
 
 def step_task_name(step: str) -> str:

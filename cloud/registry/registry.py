@@ -12,7 +12,7 @@ history in the cloud database, which MLflow lacks.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -356,26 +356,6 @@ class ModelRegistry:
                 model_version=version,
                 alias=CANDIDATE,
                 reason=f"promoted to champion: {reason}",
-            )
-
-    def record_deploy_request(
-        self, version: str, *, fab_id: str, nodes: Sequence[str], actor: str, reason: str
-    ) -> DeploymentEvent:
-        """Record that ``actor`` asked for ``version`` on ``nodes`` of ``fab_id`` (all if empty).
-
-        Raises:
-            InvalidInput, NotFound: as `get`.
-        """
-        self._require(version)
-        with self._db.session() as session:
-            return history.record_event(
-                session,
-                actor=actor,
-                action=history.DEPLOY_REQUESTED,
-                model_version=version,
-                fab_id=fab_id,
-                nodes=list(nodes),
-                reason=reason,
             )
 
     def _require(self, version: str) -> MlflowModelVersion:

@@ -6,17 +6,14 @@ Thin over `cloud.registry.registry.ModelRegistry`: this layer validates what peo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cloud.errors import NotImplementedYet
 from cloud.registry.registry import ModelRegistry, ModelVersion, check_alias
 from cloud.storage.history import DeploymentEvent
 from wafercore.errors import InvalidInput
 from wafercore.validation import check_id
 
-ROLLOUT_CAPABILITY = "rollout: canary deployment to fabs (issue 13, cloud part 2)"
 """What `request_deploy` needs and this issue does not build."""
 MAX_REASON_CHARS = 2000
 """Longest reason accepted for the history (a sentence or a paragraph, not a document)."""
@@ -80,34 +77,3 @@ def set_alias(
     check_alias(alias)
     check_id(actor, "actor")
     return registry.set_alias(version, alias, actor=actor, reason=check_reason(reason))
-
-
-def request_deploy(
-    registry: ModelRegistry,
-    version: str,
-    *,
-    fab_id: str,
-    nodes: Sequence[str],
-    actor: str,
-    reason: str,
-) -> DeploymentEvent:
-    """Record the intent to deploy ``version`` to ``nodes`` of ``fab_id`` (empty: all of them).
-
-    The rollout that carries it out (canary, A/B statistics, promote or roll back) is part 2's;
-    until it exists the request is recorded in the history and then refused, never pretended.
-
-    Raises:
-        InvalidInput: a malformed fab id, node id, version or actor, no reason.
-        NotFound: no such version.
-        NotImplementedYet: always, after recording, until the rollout exists.
-    """
-    check_id(fab_id, "fab_id")
-    if isinstance(nodes, str):
-        raise InvalidInput("nodes", "must be a list of node ids, not one string")
-    for i, node in enumerate(nodes):
-        check_id(node, f"nodes[{i}]")
-    check_id(actor, "actor")
-    registry.record_deploy_request(
-        version, fab_id=fab_id, nodes=list(nodes), actor=actor, reason=check_reason(reason)
-    )
-    raise NotImplementedYet(ROLLOUT_CAPABILITY)

@@ -2,7 +2,9 @@
 
 Roles, from least to most: ``viewer`` (reads jobs and models), ``ml-engineer`` (triggers and
 cancels training, moves the ``candidate`` alias), ``admin`` (everything, including the
-``champion`` and ``previous`` aliases and deployments).
+``champion`` and ``previous`` aliases and deployments). Apart from them, ``fab``: a fab server,
+whose token's user is the fab id; it may sync (CloudSync) as that fab and download artifacts,
+nothing else.
 
 A token is 32 random bytes (``secrets.token_urlsafe``); only its SHA-256 is kept, so a copy of
 the database yields no usable token. It is looked up by digest: timing that leaks how much of a
@@ -23,9 +25,11 @@ from cloud.storage.tokens import ApiToken
 from wafercore.errors import InvalidInput
 from wafercore.validation import check_id
 
-Role = Literal["viewer", "ml-engineer", "admin"]
-ROLES: tuple[Role, ...] = get_args(Role)
-"""Every role, least first."""
+Role = Literal["viewer", "ml-engineer", "admin", "fab"]
+ROLES: tuple[Role, ...] = ("viewer", "ml-engineer", "admin")
+"""The people's roles, least first."""
+FAB: Role = "fab"
+"""The role of a fab server's token (outside the people's order)."""
 TOKEN_BYTES = 32
 """Random bytes in a token (43 URL-safe characters)."""
 MAX_TOKEN_CHARS = 512
@@ -41,7 +45,9 @@ class Principal:
 
 
 def role_at_least(role: Role, minimum: Role) -> bool:
-    """Whether ``role`` may do what ``minimum`` may."""
+    """Whether ``role`` may do what ``minimum`` may (``fab`` only what ``fab`` may)."""
+    if role not in ROLES or minimum not in ROLES:
+        return role == minimum
     return ROLES.index(role) >= ROLES.index(minimum)
 
 
@@ -51,10 +57,10 @@ def check_role(value: str, field: str = "role") -> Role:
     Raises:
         InvalidInput: naming ``field`` when it is not a role.
     """
-    for role in ROLES:
+    for role in get_args(Role):
         if value == role:
             return role
-    raise InvalidInput(field, f"{value!r} is not a role; one of {', '.join(ROLES)}")
+    raise InvalidInput(field, f"{value!r} is not a role; one of {', '.join(get_args(Role))}")
 
 
 def token_digest(token: str) -> str:

@@ -24,7 +24,27 @@ ALIAS_REMOVED = "alias_removed"
 """The version no longer holds the alias, and nobody took it over."""
 DEPLOY_REQUESTED = "deploy_requested"
 """Someone asked for the version on a fab's nodes (carried out by the rollout)."""
-ACTIONS = (REGISTERED, ALIAS_SET, ALIAS_REMOVED, DEPLOY_REQUESTED)
+ROLLOUT_STARTED = "rollout_started"
+"""A canary began in a fab (``nodes``: the canary arm)."""
+ROLLOUT_PROMOTED = "rollout_promoted"
+"""The canary won: every node of the fab moves to the version."""
+ROLLOUT_COMPLETED = "rollout_completed"
+"""The version stayed through its watch window."""
+ROLLOUT_ROLLED_BACK = "rollout_rolled_back"
+"""A guardrail broke, the trial ended undecided, or the watch failed: back to the baseline."""
+ROLLOUT_STOPPED = "rollout_stopped"
+"""An emergency stop: every node back to the baseline."""
+ACTIONS = (
+    REGISTERED,
+    ALIAS_SET,
+    ALIAS_REMOVED,
+    DEPLOY_REQUESTED,
+    ROLLOUT_STARTED,
+    ROLLOUT_PROMOTED,
+    ROLLOUT_COMPLETED,
+    ROLLOUT_ROLLED_BACK,
+    ROLLOUT_STOPPED,
+)
 
 
 @dataclass(frozen=True)

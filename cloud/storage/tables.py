@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -16,8 +17,10 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -149,7 +152,11 @@ class ReviewedLabelRow(Base):
     """An engineer's reviewed label, as a fab uploads it (anonymised ids; the map if allowed)."""
 
     __tablename__ = "reviewed_labels"
-    __table_args__ = (Index("ix_reviewed_labels_wafer_key", "fab_id", "wafer_key"),)
+    __table_args__ = (
+        Index("ix_reviewed_labels_wafer_key", "fab_id", "wafer_key"),
+        # A fab re-sending a label (a retried batch, an overlap window) stores it once.
+        UniqueConstraint("fab_id", "wafer_key", "reviewer_key", "reviewed_at"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     fab_id: Mapped[str] = mapped_column(String(128))
@@ -162,3 +169,95 @@ class ReviewedLabelRow(Base):
     cols: Mapped[int | None] = mapped_column(Integer)
     map_bytes: Mapped[bytes | None] = mapped_column(LargeBinary)  # canonical, if policy allows
     uploaded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    predicted_label: Mapped[str | None] = mapped_column(String(32))
+    model_version: Mapped[str] = mapped_column(String(128), default="")
+    confidence: Mapped[float | None] = mapped_column(Float)
+    review_reason: Mapped[int] = mapped_column(SmallInteger, default=0)
+
+
+class UploadReceiptRow(Base):
+    """The first answer to a fab's upload, by its idempotency key: a retry gets it again."""
+
+    __tablename__ = "upload_receipts"
+
+    fab_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # labels | aggregates
+    idempotency_key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    accepted: Mapped[int] = mapped_column(Integer)
+    rejected: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DailyAggregateRow(Base):
+    """One node's day for one model version; a later upload of the same key replaces it."""
+
+    __tablename__ = "daily_aggregates"
+    __table_args__ = (
+        UniqueConstraint("fab_id", "node_id", "day", "model_version"),
+        Index("ix_daily_aggregates_fab_id_day", "fab_id", "day"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    fab_id: Mapped[str] = mapped_column(String(128))
+    node_id: Mapped[str] = mapped_column(String(128))
+    day: Mapped[date] = mapped_column(Date)
+    model_version: Mapped[str] = mapped_column(String(128))
+    class_counts: Mapped[list[int]] = mapped_column(JSON)
+    wafers_classified: Mapped[int] = mapped_column(BigInteger)
+    flagged_count: Mapped[int] = mapped_column(BigInteger)
+    reviewed_count: Mapped[int] = mapped_column(BigInteger)
+    reviewed_correct_count: Mapped[int] = mapped_column(BigInteger)
+    latency_p50_ms: Mapped[float] = mapped_column(Float)
+    latency_p90_ms: Mapped[float] = mapped_column(Float)
+    latency_p99_ms: Mapped[float] = mapped_column(Float)
+    avg_recursion_steps: Mapped[float] = mapped_column(Float)
+    uploaded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class FabNodeRow(Base):
+    """An edge node a fab has reported (by its aggregates): a rollout's candidate arm member."""
+
+    __tablename__ = "fab_nodes"
+
+    fab_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    node_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RolloutRow(Base):
+    """A version's way through canary to production (or back) in one fab."""
+
+    __tablename__ = "rollouts"
+    __table_args__ = (Index("ix_rollouts_fab_id_started_at", "fab_id", "started_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    fab_id: Mapped[str] = mapped_column(String(128))
+    # Set to fab_id while the rollout is under way: one active rollout per fab (NULLs repeat).
+    active_fab: Mapped[str | None] = mapped_column(String(128), unique=True)
+    model_version: Mapped[str] = mapped_column(String(128))
+    baseline_version: Mapped[str] = mapped_column(String(128))
+    canary_nodes: Mapped[list[str]] = mapped_column(JSON)
+    control_nodes: Mapped[list[str]] = mapped_column(JSON)
+    # canary | watching | completed | rolled_back | stopped
+    stage: Mapped[str] = mapped_column(String(16), index=True)
+    requested_by: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    decision: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    canary_ends_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    watch_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DriftReportRow(Base):
+    """A drift report as computed (JSON), and the jobs it started."""
+
+    __tablename__ = "drift_reports"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON)
+    job_ids: Mapped[list[str]] = mapped_column(JSON, default=list)

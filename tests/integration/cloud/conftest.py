@@ -81,4 +81,5 @@ def cloud_settings(
         result_backend=harness.redis_url,
         task_queue=f"wafer-cloud-test-{tag}",
         api_port=0,
+        sync_port=0,
     )

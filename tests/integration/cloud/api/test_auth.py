@@ -39,9 +39,19 @@ EXPECTED_ROLES: dict[tuple[str, str], Role] = {
     ("POST", "/models/{version}/aliases"): "ml-engineer",
     ("GET", "/models/{version}/artifact"): "viewer",
     ("GET", "/models/{version}/artifact.sig"): "viewer",
+    ("GET", "/rollouts"): "viewer",
+    ("GET", "/rollouts/{rollout_id}"): "viewer",
+    ("POST", "/rollouts/{rollout_id}/stop"): "admin",
+    ("GET", "/analytics/drift"): "viewer",
+    ("GET", "/analytics/drift.png"): "viewer",
+    ("POST", "/analytics/drift"): "ml-engineer",
 }
 """The least role of each route (moving champion needs admin: see test_models)."""
-PATH_VALUES = {"job_id": str(uuid.uuid4()), "version": "cnn-v2.0.0"}
+PATH_VALUES = {
+    "job_id": str(uuid.uuid4()),
+    "version": "cnn-v2.0.0",
+    "rollout_id": str(uuid.uuid4()),
+}
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import pytest
 
 from cloud.registry.importer import import_model_folder
 from cloud.registry.registry import ModelRegistry, ModelVersion
-from cloud.services.models import ROLLOUT_CAPABILITY
 from cloud.settings import CloudSettings
 from cloud.signing import DEV_KEYS_DIR
 from cloud.storage.db import Database
@@ -148,41 +147,3 @@ def test_an_engineer_moves_candidate_an_admin_moves_champion_and_the_token_is_th
         ("alias_set", "champion", "adm-cy", "ship it"),
         ("alias_removed", "candidate", "adm-cy", "promoted to champion: ship it"),
     ]
-
-
-def test_a_deployment_is_recorded_then_refused_naming_the_rollout_capability(
-    api: httpx.Client, headers: Headers, registered: ModelVersion
-) -> None:
-    admin = headers("admin", "adm-cy")
-    body = {
-        "version": VERSION,
-        "fab_id": "fab-1",
-        "nodes": ["node-a", "node-b"],
-        "reason": "canary",
-    }
-    response = api.post("/models/deploy", headers=admin, json=body)
-    assert response.status_code == 501
-    (problem,) = response.json()["detail"]
-    assert problem["type"] == "not_implemented"
-    assert ROLLOUT_CAPABILITY in problem["msg"] and "rollout" in problem["msg"]
-
-    history = api.get(f"/models/{VERSION}", headers=admin).json()["history"]
-    assert history[-1] == {
-        **history[-1],
-        "action": "deploy_requested",
-        "actor": "adm-cy",
-        "fab_id": "fab-1",
-        "nodes": ["node-a", "node-b"],
-        "reason": "canary",
-    }
-
-    unknown = api.post("/models/deploy", headers=admin, json={**body, "version": "cnn-v9.9.9"})
-    assert unknown.status_code == 404
-    bad_node = api.post("/models/deploy", headers=admin, json={**body, "nodes": ["ok", ""]})
-    assert bad_node.status_code == 422
-    assert bad_node.json()["detail"][0]["loc"] == ["body", "nodes", 1]
-    engineer = api.post("/models/deploy", headers=headers("ml-engineer"), json=body)
-    assert engineer.status_code == 403
-    # Refused requests leave no intent behind.
-    after = api.get(f"/models/{VERSION}", headers=admin).json()["history"]
-    assert [e["action"] for e in after].count("deploy_requested") == 1

@@ -1,5 +1,5 @@
 """The model services on a real `mlflow server` and PostgreSQL: detail with report and history,
-validated alias moves, and deployment requests recorded before part 2's rollout refuses them."""
+validated alias moves."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud.errors import NotFound, NotImplementedYet
+from cloud.errors import NotFound
 from cloud.registry.importer import import_model_folder
 from cloud.registry.registry import ModelRegistry
 from cloud.services import models
@@ -63,41 +63,3 @@ def test_set_alias_names_the_field_at_fault(registry: ModelRegistry) -> None:
     moved = models.set_alias(registry, VERSION, "champion", actor="cli:ana", reason=" best ")
     assert moved.aliases == ("champion",)
     assert registry.history(VERSION)[-1].reason == "best"
-
-
-def test_a_deploy_request_is_recorded_then_refused_until_the_rollout_exists(
-    registry: ModelRegistry,
-) -> None:
-    with pytest.raises(NotImplementedYet) as refused:
-        models.request_deploy(
-            registry,
-            VERSION,
-            fab_id="fab-1",
-            nodes=["node-a", "node-b"],
-            actor="cli:ana",
-            reason="canary on line 3",
-        )
-    assert "issue 13" in refused.value.capability
-    event = registry.history(VERSION)[-1]
-    assert (event.action, event.fab_id, event.nodes, event.actor, event.reason) == (
-        "deploy_requested",
-        "fab-1",
-        ("node-a", "node-b"),
-        "cli:ana",
-        "canary on line 3",
-    )
-
-    before = registry.history()
-    for kwargs, field in [
-        ({"fab_id": " ", "nodes": []}, "fab_id"),
-        ({"fab_id": "fab-1", "nodes": "node-a"}, "nodes"),
-        ({"fab_id": "fab-1", "nodes": ["ok", "\x00"]}, "nodes[1]"),
-    ]:
-        with pytest.raises(InvalidInput) as bad:
-            models.request_deploy(registry, VERSION, actor="cli:ana", reason="r", **kwargs)  # type: ignore[arg-type]
-        assert bad.value.field == field
-    with pytest.raises(NotFound):
-        models.request_deploy(
-            registry, "cnn-v0.0.0", fab_id="fab-1", nodes=[], actor="cli:ana", reason="r"
-        )
-    assert registry.history() == before
