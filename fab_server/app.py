@@ -21,6 +21,7 @@ from fab_server.db import current_revision_sync, head_revision, make_async_engin
 from fab_server.rpc.server import start_grpc_server
 from fab_server.services.alerts import run_alert_loop
 from fab_server.settings import FabSettings
+from fab_server.sync.agent import run_sync_loop
 from wafercore.runtime import ModelRuntime
 from wafercore.web import deadline_protocol
 
@@ -92,6 +93,10 @@ class FabServer:
         self._tasks.append(
             asyncio.create_task(run_alert_loop(self.sessions, self.settings, self._stop_alerts))
         )
+        if self.settings.sync.enabled:
+            self._tasks.append(
+                asyncio.create_task(run_sync_loop(self.sessions, self.settings, self._stop_alerts))
+            )
         while not self._http.started:
             if self._tasks[0].done():
                 self._tasks[0].result()  # raises what stopped it

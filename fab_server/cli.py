@@ -1,10 +1,11 @@
 """Command line of the fab server (``wafer-fab``): migrate, serve, seed, certs, models, nodes,
-users."""
+users, sync."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
@@ -23,6 +24,8 @@ from fab_server.services import distribution, nodes, users
 from fab_server.services.classify import Classifier
 from fab_server.services.seed import seed_synthetic
 from fab_server.settings import FabSettings
+from fab_server.sync import agent as sync_agent
+from fab_server.sync.client import SyncError
 from wafercore.errors import InvalidInput
 
 T = TypeVar("T")
@@ -357,6 +360,37 @@ def users_list(settings: FabSettings) -> None:
         created = account.created_at.isoformat(timespec="seconds")
         disabled = account.disabled_at.isoformat(timespec="seconds") if account.disabled_at else "-"
         click.echo(f"{account.user:<{width}}  {account.role:<9}  {created:<25}  {disabled}")
+
+
+@main.group(help="The cloud sync: upload labels and aggregates, pull deployments (FAB_SYNC__*).")
+def sync_group() -> None:
+    """The ``sync`` commands."""
+
+
+main.add_command(sync_group, "sync")
+
+
+@sync_group.command(
+    "run", help="One sync pass now; prints its summary (JSON). Exit 1 when it failed."
+)
+@click.pass_obj
+def sync_run(settings: FabSettings) -> None:
+    """Run one pass of the sync agent."""
+    try:
+        summary = _on_database(settings, lambda sessions: sync_agent.run_once(sessions, settings))
+    except SyncError as exc:
+        raise click.ClickException(f"sync failed: {exc}") from None
+    click.echo(json.dumps(summary, indent=2, sort_keys=True))
+    if not summary["ok"]:
+        raise click.ClickException("an artifact of the cloud's plan failed verification")
+
+
+@sync_group.command("status", help="Watermarks, the applied plan's time and the last run (JSON).")
+@click.pass_obj
+def sync_status(settings: FabSettings) -> None:
+    """Print the sync's stored state."""
+    status = _on_database(settings, sync_agent.sync_status)
+    click.echo(json.dumps(status, indent=2, sort_keys=True))
 
 
 def _on_database(settings: FabSettings, call: Callable[[Sessions], Awaitable[T]]) -> T:

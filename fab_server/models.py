@@ -468,3 +468,17 @@ class UserRow(Base):
             created_at=_utc(self.created_at),
             disabled_at=utc(self.disabled_at),
         )
+
+
+class SyncStateRow(Base):
+    """One named value of the cloud sync agent: a watermark, the held plan's time, the last run.
+
+    Written only after the cloud acknowledged what the value covers, so a restarted fab
+    resumes where the last acknowledged upload ended.
+    """
+
+    __tablename__ = "sync_state"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[dict[str, object]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

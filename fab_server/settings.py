@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from wafercore.review import DEFAULT_REVIEW_THRESHOLD
@@ -38,6 +38,64 @@ class AlertThresholds(BaseModel):
     excursion_baseline_lots: int = 50
 
 
+class SyncSettings(BaseModel):
+    """The fab's sync with the cloud (``FAB_SYNC__*``): what leaves the fab, where, how often.
+
+    Nothing here is sent anywhere: the token authenticates the fab, the hash key anonymises
+    identifiers and never leaves the fab.
+    """
+
+    enabled: bool = Field(default=False, description="Run the sync loop inside the fab server.")
+    fab_id: str = Field(
+        default="", max_length=128, description="This fab's id (the user of its cloud token)."
+    )
+    cloud_grpc_target: str = Field(
+        default="127.0.0.1:50061", min_length=1, description="host:port of CloudSync (gRPC)."
+    )
+    cloud_api_url: str = Field(
+        default="http://127.0.0.1:8300", min_length=1, description="The cloud REST API."
+    )
+    token: SecretStr | None = Field(
+        default=None, description="Cloud API token of role fab (gRPC metadata and HTTP bearer)."
+    )
+    tls_ca: Path | None = Field(default=None, description="CA of the cloud's certificates: TLS.")
+    tls_cert: Path | None = Field(default=None, description="Client certificate: mutual TLS.")
+    tls_key: Path | None = Field(default=None, description="Its private key.")
+    maps_leave_premises: bool = Field(
+        default=False, description="Data policy: wafer maps may be uploaded with their labels."
+    )
+    hash_key: SecretStr | None = Field(
+        default=None, description="Key of the identifiers' HMAC; unset: hash_key_file is used."
+    )
+    hash_key_file: Path = Field(
+        default=Path("var/fab/sync-hash.key"),
+        description="Key file used when hash_key is unset; created (32 random bytes, 0600).",
+    )
+    trusted_keys_dir: Path = Field(
+        default=Path("var/fab/trusted-keys"),
+        description="Ed25519 public keys <key_id>.pub (PEM) that may sign pulled models.",
+    )
+    interval_s: float = Field(default=300.0, gt=0, description="Seconds between sync passes.")
+    batch_size: int = Field(default=500, ge=1, le=500, description="Items per upload request.")
+    overlap_s: float = Field(
+        default=120.0, ge=0, description="Labels resolved this recently are sent again."
+    )
+    timeout_s: float = Field(default=30.0, gt=0, description="Deadline of each cloud call.")
+
+    @model_validator(mode="after")
+    def _complete(self) -> SyncSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("sync.tls_cert, sync.tls_key: set both or neither")
+        if self.tls_cert is not None and self.tls_ca is None:
+            raise ValueError("sync.tls_ca: a client certificate needs the cloud's CA too")
+        if self.enabled:
+            if not self.fab_id:
+                raise ValueError("sync.fab_id: must be set when sync.enabled is true")
+            if self.token is None or not self.token.get_secret_value():
+                raise ValueError("sync.token: must be set when sync.enabled is true")
+        return self
+
+
 class FabSettings(BaseSettings):
     """Everything the fab server reads from its environment (``FAB_*``).
 
@@ -67,12 +125,20 @@ class FabSettings(BaseSettings):
     )
     review_confidence_threshold: float = Field(default=DEFAULT_REVIEW_THRESHOLD, ge=0, le=1)
     review_novelty_threshold: float = Field(default=0.5, ge=0)
+    canary_sample_rate: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="During a rollout, this share of each arm's results is queued for review "
+        "(CANARY_SAMPLE), the same on canary and control nodes.",
+    )
     review_lease_seconds: float = Field(default=900.0, gt=0)
     classify_max_batch: int = Field(default=1024, ge=1)
     stream_max_batch: int = Field(default=5000, ge=1)
     download_chunk_bytes: int = Field(default=256 * 1024, ge=1024)
     alert_interval_seconds: float = Field(default=60.0, gt=0)
     alerts: AlertThresholds = AlertThresholds()
+    sync: SyncSettings = Field(default_factory=SyncSettings)
     api_tokens: list[ApiToken] = Field(
         default_factory=list, description="JSON list of {token, user, role}."
     )

@@ -117,7 +117,12 @@ def label_from_proto(message: Any, field: str, *, fab_id: str, now: datetime) ->
         rows=rows,
         cols=cols,
         map_bytes=map_bytes,
-        predicted_label=_class(message.predicted_label, f"{field}.predicted_label").display_name,
+        # No model version: the fab never got the result, so there is no prediction to score.
+        predicted_label=(
+            _class(message.predicted_label, f"{field}.predicted_label").display_name
+            if message.model_version
+            else None
+        ),
         model_version=_version(message.model_version, f"{field}.model_version"),
         confidence=float(message.confidence),
         review_reason=int(message.review_reason),

@@ -22,8 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fab_server import domain
 from fab_server.errors import InvalidArgument
+from fab_server.repository import distribution as distribution_repo
 from fab_server.repository import results as results_repo
-from fab_server.services import review
+from fab_server.services import review, review_rules
 from fab_server.settings import FabSettings
 from wafercore.classes import NUM_CLASSES
 from wafercore.errors import InvalidInput
@@ -256,7 +257,10 @@ async def ingest_batch(
             session, node_id=node_id, stored_up_to=batch[-1].sequence, now=now
         )
         if fresh:
-            await review.enqueue_from_results(session, results=fresh, settings=settings, now=now)
+            # During a rollout, canary samples are queued too (the stored results stay as sent).
+            assignment = await distribution_repo.assignment_for(session, node_id=node_id)
+            queued = [review_rules.with_canary_sample(r, assignment, settings) for r in fresh]
+            await review.enqueue_from_results(session, results=queued, settings=settings, now=now)
     duplicates = len(batch) - len(fresh) - conflicts
     RESULTS_INGESTED.inc(len(fresh))
     RESULTS_DUPLICATE.inc(duplicates)

@@ -7,6 +7,7 @@ they can be read and tested without a database.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import uuid
 from datetime import UTC, datetime
 
@@ -72,6 +73,15 @@ def check_limit(limit: int) -> None:
         raise InvalidArgument("limit", f"must be in 1..{MAX_LIST_LIMIT}, got {limit}")
 
 
+def model_flags(
+    *, flagged: bool, confidence: float, novelty: float | None, settings: FabSettings
+) -> bool:
+    """Whether the model's own signals send a result to review (flagged by the edge, unsure, or
+    novel): the review rate the A/B guardrail compares, canary samples aside."""
+    novel = novelty is not None and novelty >= settings.review_novelty_threshold
+    return flagged or novel or confidence < settings.review_confidence_threshold
+
+
 def auto_reason(result: domain.Result, settings: FabSettings) -> domain.ReviewReason | None:
     """Why ``result`` needs review, or None; the edge's own reason wins when it gave one."""
     novel = result.novelty is not None and result.novelty >= settings.review_novelty_threshold
@@ -85,6 +95,32 @@ def auto_reason(result: domain.Result, settings: FabSettings) -> domain.ReviewRe
         return domain.ReviewReason.NOVELTY
     # Flagged by the edge for no stated reason it could tell us: a station's manual request.
     return domain.ReviewReason.LOW_CONFIDENCE if unsure else domain.ReviewReason.MANUAL
+
+
+def sample_uniform(node_id: str, sequence: int) -> float:
+    """A number in [0, 1) fixed by (node_id, sequence): the same result always draws the same."""
+    digest = hashlib.sha256(f"{node_id}\x00{sequence}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def with_canary_sample(
+    result: domain.Result, assignment: domain.Assignment | None, settings: FabSettings
+) -> domain.Result:
+    """``result`` as the review queue sees it during a rollout: maybe an unbiased sample.
+
+    A node in a rollout (its assignment has a rollout id) that ran the assigned version has
+    ``settings.canary_sample_rate`` of its results queued as CANARY_SAMPLE, by
+    `sample_uniform`, on canary and control nodes alike, so both arms are sampled the same way
+    and a re-sent result samples as it did the first time. The draw ignores whether the result
+    needs review anyway: a sample that left out the unsure wafers would flatter the model that
+    flags more of its mistakes. The stored result is not changed.
+    """
+    in_rollout = assignment is not None and assignment.rollout_id != ""
+    if not in_rollout or assignment is None or result.model_version != assignment.version:
+        return result
+    if sample_uniform(result.node_id, result.sequence) >= settings.canary_sample_rate:
+        return result
+    return dataclasses.replace(result, review_reason=domain.ReviewReason.CANARY_SAMPLE)
 
 
 def new_item(

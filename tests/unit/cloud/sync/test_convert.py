@@ -66,6 +66,8 @@ def test_a_valid_label_keeps_its_prediction_and_reason_and_a_wm811k_map_becomes_
     assert (stored.rows, stored.cols, stored.map_bytes) == (1, 3, bytes([2, 0, 1]))
     assert stored.fab_id == "fab-1" and stored.confidence == pytest.approx(0.4)
     assert not label_from_proto(label(), "x", fab_id="fab-1", now=NOW).has_map
+    unknown = label_from_proto(label(model_version=""), "x", fab_id="fab-1", now=NOW)
+    assert unknown.predicted_label is None  # the fab never had the result: nothing to score
 
 
 @pytest.mark.parametrize(
