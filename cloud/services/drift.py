@@ -9,6 +9,7 @@ unless a drift job is already queued or running. Beat runs it every ``drift.ever
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,6 +25,9 @@ from cloud.settings import CloudSettings
 from cloud.storage import aggregates, drift_reports, jobs, labels
 from cloud.storage.db import Database
 from cloud.storage.drift_reports import StoredDriftReport
+from wafercore.errors import InvalidInput
+
+logger = logging.getLogger(__name__)
 
 HISTORY_DAYS = 56
 """How far back the trends and plots look (eight weeks)."""
@@ -66,19 +70,24 @@ def compute(
         )
     report = build_drift_report(days, reviewed, counts, None, settings.drift, now=now)
     job_ids = []
+    body = report.to_dict() | {"reference_version": version}
     if settings.drift.retrain and report.retrain and not _drift_job_active(db):
         reasons = ", ".join(f"fab {fab} PSI {psi:.3f}" for fab, psi in report.retrain)
-        job = training.trigger(
-            db,
-            dispatch,
-            settings,
-            config_name=settings.drift.retrain_config,
-            overrides={},
-            reason=f"{DRIFT_REASON} {reasons} > {settings.drift.psi_retrain} (reference {version})",
-            requested_by=requested_by,
-        )
-        job_ids.append(job.id)
-    body = report.to_dict() | {"reference_version": version}
+        try:
+            job = training.trigger(
+                db,
+                dispatch,
+                settings,
+                config_name=settings.drift.retrain_config,
+                overrides={},
+                reason=f"{DRIFT_REASON} {reasons} > {settings.drift.psi_retrain} "
+                f"(reference {version})",
+                requested_by=requested_by,
+            )
+            job_ids.append(job.id)
+        except InvalidInput as err:  # a misconfigured retrain_config: keep the report, say so
+            logger.error("drift: retraining not started: %s: %s", err.field, err.reason)
+            body["retrain_error"] = f"drift.retrain_config: {err.field}: {err.reason}"
     with db.session() as session:
         return drift_reports.add_report(session, computed_at=now, report=body, job_ids=job_ids)
 

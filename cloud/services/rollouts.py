@@ -50,14 +50,17 @@ def _baseline(db: Database, registry: ModelRegistry, fab_id: str) -> str:
 
 
 def _canary_nodes(known: Sequence[str], named: Sequence[str], count: int) -> list[str]:
+    """The canary arm: the named nodes, or ``count`` picked at random, always leaving at least
+    one node of the fab as the control arm (a two-node fab gets a one-node canary)."""
     for i, node in enumerate(named):
         check_id(node, f"nodes[{i}]")
         if node not in known:
             raise InvalidInput(f"nodes[{i}]", f"{node!r} is not a node this fab has reported")
     if len(set(named)) != len(named):
         raise InvalidInput("nodes", "names a node twice")
-    chosen = list(named) or random.SystemRandom().sample(list(known), min(count, len(known)))
-    if len(chosen) >= len(known):
+    picked = min(count, len(known) - 1)
+    chosen = list(named) or random.SystemRandom().sample(list(known), max(picked, 0))
+    if not chosen or len(chosen) >= len(known):
         raise InvalidInput(
             "nodes", f"the fab has {len(known)} known nodes; a canary needs a control node too"
         )
