@@ -25,7 +25,7 @@ SHOWN_LOTS = 12
 TIERS = (
     ("fab server", "wafer-fab serve", "gRPC aggregation, review queue and API on SQLite"),
     ("edge node x2", "wafer-edge serve", "/classify with the halting runtime, outbox, uplink, OTA"),
-    ("cloud", "wafer-cloud serve", "REST API, MLflow registry, retraining on Celery"),
+    ("cloud", "wafer-cloud serve", "REST API and CloudSync, MLflow, retraining, drift, rollouts"),
 )
 
 
@@ -200,12 +200,16 @@ async def _cloud_demo(settings: PlatformSettings) -> None:
     """Run one short retraining job through the cloud tier and print its path to the registry."""
     from launcher.cloud_demo import DEMO_GATE, run_cloud_demo
 
-    click.echo("\nCloud: registry, API and pipeline, one short retraining job:")
-    outcome = await run_cloud_demo(settings.work_dir, settings.broker_url, click.echo)
-    job = outcome.job
     click.echo(
-        f"job {job['id']} {job['state']} in {outcome.seconds:.1f} s: "
-        f"{(job.get('verdict') or {}).get('summary', job.get('error'))}"
+        "\nCloud: registry, API, pipeline and CloudSync; the fab syncs, drift is measured, a "
+        "short retraining job runs and its candidate goes through a canary:"
+    )
+    fab_db = settings.work_dir / "demo" / "fab.db"
+    outcome = await run_cloud_demo(
+        settings.work_dir,
+        settings.broker_url,
+        click.echo,
+        fab_db=fab_db if fab_db.exists() else None,
     )
     click.echo(
         f"(the demo's gate is relaxed for a model trained for seconds: {DEMO_GATE.model_dump()})"

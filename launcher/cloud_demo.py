@@ -31,8 +31,9 @@ from cloud.registry.importer import import_shipped
 from cloud.registry.registry import ModelRegistry
 from cloud.registry.server import start_server, wait_healthy
 from cloud.services.tokens import add_token
-from cloud.settings import CloudSettings, GateSettings
+from cloud.settings import CloudSettings, DriftSettings, GateSettings, RolloutSettings
 from cloud.storage.db import Database, migrate
+from launcher import loop_demo
 
 DEMO_CONFIG = "tiny"
 MLFLOW_START_S = 180.0
@@ -53,6 +54,8 @@ class CloudDemoOutcome:
     steps: list[dict[str, Any]]
     models: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    drift: dict[str, Any] | None = None
+    rollout: dict[str, Any] | None = None
 
 
 def _free_port() -> int:
@@ -72,6 +75,7 @@ def _redis_answers(url: str) -> bool:
 
 def demo_settings(root: Path, broker: str) -> CloudSettings:
     """Settings of the demo's cloud tier under ``root`` (eager when Redis does not answer)."""
+    api_port = _free_port()
     return CloudSettings(
         work_dir=root,
         data_dir=root / "data",
@@ -81,8 +85,14 @@ def demo_settings(root: Path, broker: str) -> CloudSettings:
         result_backend=broker,
         task_queue=f"wafer-cloud-demo-{secrets.token_hex(4)}",
         task_always_eager=not _redis_answers(broker),
-        api_port=0,
+        api_port=api_port,
+        api_url=f"http://127.0.0.1:{api_port}",
+        sync_port=_free_port(),
         gate=DEMO_GATE,
+        # The demo streams a few hundred wafers, and a drift job retrains the tiny config.
+        drift=DriftSettings(min_wafers=50, retrain_config=DEMO_CONFIG),
+        # A trial window of seconds, so that the demo shows the canary's decision.
+        rollouts=RolloutSettings(trial_window_s=3.0),
     )
 
 
@@ -144,9 +154,18 @@ def _prepare(settings: CloudSettings) -> str:
 
 
 async def run_cloud_demo(
-    work_dir: Path, broker_url: str, progress: Callable[[str], None]
+    work_dir: Path,
+    broker_url: str,
+    progress: Callable[[str], None],
+    *,
+    fab_db: Path | None = None,
 ) -> CloudDemoOutcome:
-    """Start the cloud tier on fresh local state and run one tiny retraining job through it."""
+    """Start the cloud tier on fresh local state and run one tiny retraining job through it.
+
+    With ``fab_db`` (the fab the demo filled), the loop closes around the job: the fab syncs,
+    a drift report starts the job (or, with a stable mix, an ML engineer does), and the
+    candidate goes through a canary rollout to its decision (`launcher.loop_demo`).
+    """
     root = (work_dir / "cloud").resolve()
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
@@ -165,37 +184,88 @@ async def run_cloud_demo(
             worker = _start_worker(settings, root / "worker.log")
             mode = f"a Celery worker process on {settings.broker_url}"
         api = await ApiServer(settings).start()
-        progress(f"cloud API at http://127.0.0.1:{api.port}; pipeline on {mode}")
-        db = Database(settings.db_url, settings.db_schema)
-        try:
-            token = add_token(db, user="demo-ml-engineer", role="ml-engineer")
-        finally:
-            db.dispose()
-        started = time.perf_counter()
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{api.port}",
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=JOB_TIMEOUT_S,
-        ) as http:
-            response = await http.post(
-                "/training/trigger",
-                json={"config_name": DEMO_CONFIG, "reason": "demo: retrain on reviewed labels"},
-            )
-            response.raise_for_status()
-            job_id = response.json()["job_id"]
-            progress(f"POST /training/trigger {DEMO_CONFIG}: job {job_id}")
-            detail = await _follow(http, job_id, progress)
-            models = (await http.get("/models")).json()
-        return CloudDemoOutcome(
-            mode=mode,
-            champion=champion,
-            job=detail["job"],
-            steps=detail["steps"],
-            models=models,
-            seconds=time.perf_counter() - started,
+        progress(
+            f"cloud API at {settings.api_url}, CloudSync on port {settings.sync_port}; "
+            f"pipeline on {mode}"
         )
+        outcome = await _drive(settings, _issue_tokens(settings), root, fab_db, progress)
+        outcome.mode, outcome.champion = mode, champion
+        return outcome
     finally:
         if api is not None:
             await api.stop()
         _stop(worker)
         _stop(mlflow)
+
+
+def _issue_tokens(settings: CloudSettings) -> dict[str, str]:
+    db = Database(settings.db_url, settings.db_schema)
+    try:
+        return {
+            "ml-engineer": add_token(db, user="demo-ml-engineer", role="ml-engineer"),
+            "admin": add_token(db, user="demo-admin", role="admin"),
+            "fab": add_token(db, user=loop_demo.DEMO_FAB, role="fab"),
+        }
+    finally:
+        db.dispose()
+
+
+def _client(settings: CloudSettings, token: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=settings.api_url,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=JOB_TIMEOUT_S,
+    )
+
+
+async def _drive(
+    settings: CloudSettings,
+    tokens: dict[str, str],
+    root: Path,
+    fab_db: Path | None,
+    progress: Callable[[str], None],
+) -> CloudDemoOutcome:
+    """Sync and drift (with a fab), the retraining job, then the canary (with a fab)."""
+    link = loop_demo.open_fab(fab_db, settings, tokens["fab"]) if fab_db else None
+    outcome = CloudDemoOutcome(mode="", champion="", job={}, steps=[])
+    try:
+        async with _client(settings, tokens["ml-engineer"]) as http:
+            job_id = None
+            if link is not None:
+                outcome.drift = await loop_demo.sync_and_drift(link, http, root, progress)
+                job_id = next(iter(outcome.drift["job_ids"]), None)
+            started = time.perf_counter()
+            if job_id is None:
+                job_id = await _trigger(http, progress)
+            detail = await _follow(http, job_id, progress)
+            outcome.seconds = time.perf_counter() - started
+            outcome.job, outcome.steps = detail["job"], detail["steps"]
+            progress(job_line(outcome.job, outcome.seconds))
+            version = outcome.job.get("model_version")
+            if link is not None and outcome.job["state"] == "succeeded" and version:
+                async with _client(settings, tokens["admin"]) as admin:
+                    outcome.rollout = await loop_demo.canary_decision(
+                        admin, settings, link, version, progress
+                    )
+            outcome.models = (await http.get("/models")).json()
+    finally:
+        if link is not None:
+            await link.close()
+    return outcome
+
+
+def job_line(job: dict[str, Any], seconds: float) -> str:
+    """A finished job and the gate's verdict, in one line."""
+    verdict = (job.get("verdict") or {}).get("summary", job.get("error"))
+    return f"job {job['id']} {job['state']} in {seconds:.1f} s: {verdict}"
+
+
+async def _trigger(http: httpx.AsyncClient, progress: Callable[[str], None]) -> str:
+    response = await http.post(
+        "/training/trigger",
+        json={"config_name": DEMO_CONFIG, "reason": "demo: retrain on reviewed labels"},
+    )
+    response.raise_for_status()
+    job_id = str(response.json()["job_id"])
+    progress(f"POST /training/trigger {DEMO_CONFIG}: job {job_id}")
+    return job_id

@@ -31,13 +31,27 @@ def test_demo_replays_wafers_through_the_edge_and_fab_then_retrains_in_the_cloud
     assert re.search(r"DEMO-003 +4 ", result.output)
     assert (tmp_path / "demo" / "fab.db").exists()
     assert result.output.count(" ok, 0 errors") == 2  # both stations
-    # The cloud: a worker process on the local Redis runs one tiny job to a registered candidate.
+    # The cloud: the fab syncs its verdicts and aggregates, a drift report measures its mix.
     assert "pipeline on a Celery worker process on redis://" in result.output
+    assert re.search(
+        r"sync demo-fab: [1-9]\d* reviewed labels .* [1-9] daily aggregates", result.output
+    )
+    drift = re.search(
+        r"fab demo-fab: PSI ([0-9.]+) \((stable|investigate|retrain)\)", result.output
+    )
+    assert drift is not None, result.output
+    # A worker process on the local Redis runs one tiny job to a registered candidate (started
+    # by the drift report when the mix is far from the champion's, else by hand).
+    started_by_drift = "the report started job" in result.output
+    assert started_by_drift == (float(drift[1]) > 0.25)
     for step in STEPS:
         assert re.search(rf"step {step} +done", result.output), step
     assert re.search(r"job [0-9a-f-]{36} succeeded in [0-9.]+ s: gate passed", result.output)
     assert re.search(r"cnn-v0\.1\.0 +aliases: candidate", result.output)
     assert re.search(rf"{re.escape(DEFAULT_MODEL_VERSION)} +aliases: champion", result.output)
+    # Its canary on one of the two stations ends with a decision and the reason for it.
+    assert re.search(r"cnn-v0\.1\.0 on station-\d \(canary\)", result.output)
+    assert "decision: rollback (rolled_back): trial window ended" in result.output
 
 
 def test_cloud_demo_runs_the_steps_in_process_when_redis_does_not_answer(tmp_path: Path) -> None:
