@@ -5,23 +5,20 @@ the metrics push and the OTA agent. With ``node_token`` set, every call on it ca
 ``authorization: Bearer <token>``, added by client interceptors: gRPC refuses call credentials
 on a plaintext channel, and a fab reached over plaintext still needs to know who calls.
 `Backoff` is the retry policy of whatever calls the fab. Certificate files are read and
-checked when the channel is opened, so a misconfigured node fails at start-up with a message
-naming the setting instead of failing every handshake later. (The edge tier installs no
-``fab_server``; the checks mirror the server's own.)
+checked when the channel is opened (`wafercore.tls`), so a misconfigured node fails at start-up
+with a message naming the setting instead of failing every handshake later.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from edge.settings import EdgeSettings
+from wafercore import tls
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """Largest message either way: a ResultBatch of a few hundred results with maps fits easily."""
@@ -30,35 +27,6 @@ KEEPALIVE_TIME_MS = 60_000
 """Ping an idle connection every minute: a stream held open for hours notices a dead fab."""
 KEEPALIVE_TIMEOUT_MS = 20_000
 """A ping unanswered this long closes the connection (the fab server uses the same values)."""
-
-
-def _read(path: Path, setting: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ValueError(f"{setting}: cannot read {path}: {exc.strerror}") from exc
-
-
-def _certificates(path: Path, setting: str) -> bytes:
-    data = _read(path, setting)
-    try:
-        x509.load_pem_x509_certificates(data)
-    except ValueError as exc:
-        raise ValueError(f"{setting}: {path} holds no PEM certificate") from exc
-    return data
-
-
-def _client_key_pair(cert: Path, key: Path) -> tuple[bytes, bytes]:
-    cert_pem = _certificates(cert, "tls_cert")
-    key_pem = _read(key, "tls_key")
-    try:
-        private = serialization.load_pem_private_key(key_pem, password=None)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"tls_key: {key} holds no unencrypted PEM private key") from exc
-    # gRPC would only report a failed handshake; say which file is wrong instead.
-    if x509.load_pem_x509_certificates(cert_pem)[0].public_key() != private.public_key():
-        raise ValueError(f"tls_key: {key} does not belong to the certificate {cert}")
-    return cert_pem, key_pem
 
 
 def channel_credentials(settings: EdgeSettings) -> grpc.ChannelCredentials | None:
@@ -80,14 +48,8 @@ def channel_credentials(settings: EdgeSettings) -> grpc.ChannelCredentials | Non
             # The fab runs its own PKI: the system's public roots cannot vouch for it.
             raise ValueError("tls_ca: a client certificate (tls_cert, tls_key) needs tls_ca too")
         return None
-    ca_pem = _certificates(settings.tls_ca, "tls_ca")
-    if not has_client_cert:
-        return grpc.ssl_channel_credentials(root_certificates=ca_pem)
-    if settings.tls_cert is None or settings.tls_key is None:
-        raise ValueError("tls_cert, tls_key: set both or neither")
-    cert_pem, key_pem = _client_key_pair(settings.tls_cert, settings.tls_key)
-    return grpc.ssl_channel_credentials(
-        root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem
+    return tls.channel_credentials(
+        ca=settings.tls_ca, cert=settings.tls_cert, key=settings.tls_key, prefix="tls_"
     )
 
 

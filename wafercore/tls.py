@@ -77,9 +77,11 @@ def server_credentials(
 
 
 def channel_credentials(
-    *, ca: Path, cert: Path | None = None, key: Path | None = None
+    *, ca: Path, cert: Path | None = None, key: Path | None = None, prefix: str = ""
 ) -> grpc.ChannelCredentials:
-    """TLS credentials of a channel to the fab server (an edge node's, or a tool's).
+    """TLS credentials of a channel to a server of the platform (an edge node's to its fab, a
+    fab's to the cloud, a tool's). Errors name the settings ``{prefix}ca``, ``{prefix}cert``
+    and ``{prefix}key`` (``tls_``: the edge's ``tls_ca``, ...).
 
     Args:
         ca: the CA that signed the server's certificate.
@@ -89,12 +91,12 @@ def channel_credentials(
     Raises:
         ValueError: only one of ``cert`` and ``key``, an unreadable file, or a mismatched key.
     """
-    ca_pem = _certificates(ca, "ca")
+    ca_pem = _certificates(ca, f"{prefix}ca")
     if cert is None and key is None:
         return grpc.ssl_channel_credentials(root_certificates=ca_pem)
     if cert is None or key is None:
-        raise ValueError("cert, key: set both or neither")
-    cert_pem, key_pem = _key_pair(cert, key, names=("cert", "key"))
+        raise ValueError(f"{prefix}cert, {prefix}key: set both or neither")
+    cert_pem, key_pem = _key_pair(cert, key, names=(f"{prefix}cert", f"{prefix}key"))
     return grpc.ssl_channel_credentials(
         root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem
     )

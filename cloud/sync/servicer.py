@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -51,48 +51,43 @@ class CloudSyncServicer(cloud_pb2_grpc.CloudSyncServicer):  # type: ignore[misc]
 
     async def UploadLabels(self, request: Any, context: Any) -> Any:  # noqa: N802
         """Store reviewed labels, once per idempotency key."""
+        now = datetime.now(UTC)
 
-        async def run() -> Any:
-            fab_id = await self._fab(context)
-            convert.check_upload(
-                request.fab_id, request.idempotency_key, len(request.labels), fab_id
-            )
-            now = datetime.now(UTC)
-            valid, refused = convert.convert_all(
-                request.labels,
-                lambda m, f: convert.label_from_proto(m, f, fab_id=fab_id, now=now),
-                "labels",
-            )
-            _log_refused(fab_id, refused)
-            receipt = await asyncio.to_thread(
-                sync.upload_labels,
-                self.db,
-                fab_id=fab_id,
-                key=request.idempotency_key,
-                valid=valid,
-                rejected=len(refused),
-                now=now,
-            )
-            return _ack(request.idempotency_key, receipt)
+        def one(message: Any, field: str, fab_id: str) -> Any:
+            return convert.label_from_proto(message, field, fab_id=fab_id, now=now)
 
-        return await self._handling(context, run)
+        return await self._upload(
+            context, request, request.labels, "labels", one, sync.upload_labels
+        )
 
     async def UploadAggregates(self, request: Any, context: Any) -> Any:  # noqa: N802
         """Store daily aggregates, once per idempotency key (the same day replaces)."""
 
+        def one(message: Any, field: str, fab_id: str) -> Any:
+            return convert.aggregate_from_proto(message, field, fab_id=fab_id)
+
+        return await self._upload(
+            context, request, request.aggregates, "aggregates", one, sync.upload_aggregates
+        )
+
+    async def _upload(
+        self,
+        context: Any,
+        request: Any,
+        items: Sequence[Any],
+        field: str,
+        one: Callable[[Any, str, str], Any],
+        store: Callable[..., sync.Receipt],
+    ) -> Any:
+        """Authenticate, check the envelope, convert each item (refusing the bad ones), store."""
+
         async def run() -> Any:
             fab_id = await self._fab(context)
-            convert.check_upload(
-                request.fab_id, request.idempotency_key, len(request.aggregates), fab_id
-            )
-            valid, refused = convert.convert_all(
-                request.aggregates,
-                lambda m, f: convert.aggregate_from_proto(m, f, fab_id=fab_id),
-                "aggregates",
-            )
+            convert.check_upload(request.fab_id, request.idempotency_key, len(items), fab_id)
+            valid, refused = convert.convert_all(items, lambda m, f: one(m, f, fab_id), field)
             _log_refused(fab_id, refused)
             receipt = await asyncio.to_thread(
-                sync.upload_aggregates,
+                store,
                 self.db,
                 fab_id=fab_id,
                 key=request.idempotency_key,

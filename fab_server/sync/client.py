@@ -92,7 +92,9 @@ class CloudClient:
         try:
             verify = _ssl_context(sync)
             credentials = (
-                channel_credentials(ca=sync.tls_ca, cert=sync.tls_cert, key=sync.tls_key)
+                channel_credentials(
+                    ca=sync.tls_ca, cert=sync.tls_cert, key=sync.tls_key, prefix="sync.tls_"
+                )
                 if sync.tls_ca is not None
                 else None
             )
