@@ -106,11 +106,11 @@ def sync_line(summary: dict[str, Any]) -> str:
 async def drift_report(
     http: httpx.AsyncClient, root: Path, progress: Callable[[str], None]
 ) -> dict[str, Any]:
-    """POST /analytics/drift (as an ML engineer), print it, save its plot."""
-    response = await http.post("/analytics/drift")
+    """POST /analytics/drift/compute (as an ML engineer), print it, save its plot."""
+    response = await http.post("/analytics/drift/compute")
     response.raise_for_status()
     stored: dict[str, Any] = response.json()
-    progress(f"drift report {stored['id']} (POST /analytics/drift):")
+    progress(f"drift report {stored['id']} (POST /analytics/drift/compute):")
     for line in drift_service.summary(stored["report"]):
         progress(f"  {line}")
     plot = await http.get("/analytics/drift.png")

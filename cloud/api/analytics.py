@@ -1,4 +1,5 @@
-"""``/analytics/drift``: the drift report (JSON) and its plot (PNG); computing one now.
+"""``/analytics/drift``: the drift report (JSON) and its plot (PNG); ``/analytics/drift/compute``
+computes one now.
 
 Viewers read the newest report (beat computes one every ``drift.every_s``, weekly) and its
 plot; an ml-engineer may compute one now, which starts a retraining job where PSI says so.
@@ -49,7 +50,7 @@ def analytics_router(resources: Resources, auth: TokenAuth) -> APIRouter:
     def latest(_: Viewer) -> DriftReportOut:
         """The newest drift report: PSI per fab and node with its band, halting-steps trends,
         KS on novelty scores (when reported), reviewed accuracy per class, retraining started.
-        404 before the first report (`POST /analytics/drift` computes one)."""
+        404 before the first report (`POST /analytics/drift/compute` computes one)."""
         return _out(drift.latest(resources.database()))
 
     @router.get(
@@ -71,7 +72,7 @@ def analytics_router(resources: Resources, auth: TokenAuth) -> APIRouter:
         return Response(png, media_type="image/png")
 
     @router.post(
-        "/drift",
+        "/drift/compute",
         status_code=status.HTTP_201_CREATED,
         response_model=DriftReportOut,
         responses=error_responses((404,)),

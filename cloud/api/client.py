@@ -89,7 +89,9 @@ class CloudApiClient:
 
     def drift(self, *, compute: bool = False) -> Any:
         """The newest drift report, or (``compute``) one computed now."""
-        return self._call("POST" if compute else "GET", "/analytics/drift")
+        if compute:
+            return self._call("POST", "/analytics/drift/compute")
+        return self._call("GET", "/analytics/drift")
 
     def drift_png(self) -> bytes:
         """The drift plot (PNG bytes)."""

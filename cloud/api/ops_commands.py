@@ -121,7 +121,7 @@ def drift() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
 @click.pass_obj
 def report(settings: CloudSettings, compute: bool, png: Path | None, as_json: bool) -> None:
-    """GET (or POST) /analytics/drift, and /analytics/drift.png."""
+    """GET /analytics/drift (or POST /analytics/drift/compute), and /analytics/drift.png."""
     from cloud.services.drift import summary
 
     with _client(settings) as client:

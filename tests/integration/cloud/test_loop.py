@@ -367,7 +367,7 @@ async def _labels_reach_the_cloud_once(loop: Loop) -> None:
 async def _drift_starts_retraining(loop: Loop) -> str:
     """The drift report crosses PSI 0.25 and starts a job; its candidate's version."""
     async with loop.http("ml-engineer") as http:
-        response = await http.post("/analytics/drift")
+        response = await http.post("/analytics/drift/compute")
         assert response.status_code == 201, response.text
         stored = response.json()
         (fab,) = [f for f in stored["report"]["fabs"] if f["fab_id"] == FAB]

@@ -73,15 +73,15 @@ def test_drift_is_404_until_computed_then_the_report_and_its_plot_are_served(
     none = api.get("/analytics/drift", headers=viewer)
     assert none.status_code == 404 and none.json()["detail"][0]["type"] == "not_found"
     # No champion, no reference: nothing to compute against.
-    assert api.post("/analytics/drift", headers=engineer).status_code == 404
+    assert api.post("/analytics/drift/compute", headers=engineer).status_code == 404
 
     register_champion(cloud_settings, cloud_db)
     report_mix(cloud_db, "fab-1", [1.0] * 9)  # uniform: far from the champion's mix
     reference = json.loads((shipped_model_dir(CHAMPION) / "report.json").read_text())
     report_mix(cloud_db, "fab-2", np.asarray(reference["confusion_matrix"]).sum(axis=0).tolist())
 
-    assert api.post("/analytics/drift", headers=viewer).status_code == 403
-    computed = api.post("/analytics/drift", headers=engineer)
+    assert api.post("/analytics/drift/compute", headers=viewer).status_code == 403
+    computed = api.post("/analytics/drift/compute", headers=engineer)
     assert computed.status_code == 201, computed.text
     body = computed.json()
     fabs = {f["fab_id"]: f for f in body["report"]["fabs"]}
@@ -95,7 +95,7 @@ def test_drift_is_404_until_computed_then_the_report_and_its_plot_are_served(
 
     latest = api.get("/analytics/drift", headers=viewer)
     assert latest.status_code == 200 and latest.json() == body
-    again = api.post("/analytics/drift", headers=engineer).json()
+    again = api.post("/analytics/drift/compute", headers=engineer).json()
     assert again["id"] != body["id"] and again["job_ids"] == []  # the job is still queued
     assert api.get("/analytics/drift", headers=viewer).json()["id"] == again["id"]
 

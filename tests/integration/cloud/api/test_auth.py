@@ -44,7 +44,7 @@ EXPECTED_ROLES: dict[tuple[str, str], Role] = {
     ("POST", "/rollouts/{rollout_id}/stop"): "admin",
     ("GET", "/analytics/drift"): "viewer",
     ("GET", "/analytics/drift.png"): "viewer",
-    ("POST", "/analytics/drift"): "ml-engineer",
+    ("POST", "/analytics/drift/compute"): "ml-engineer",
 }
 """The least role of each route (moving champion needs admin: see test_models)."""
 PATH_VALUES = {

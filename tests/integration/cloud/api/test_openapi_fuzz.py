@@ -69,6 +69,7 @@ def test_no_request_gets_a_server_error_or_an_undocumented_answer(
             shipped_model_dir("cnn-v1.0.0"),
             actor="cli:fuzz",
             reason="something to read",
+            alias="champion",  # the drift report's reference
         )
     finally:
         db.dispose()
