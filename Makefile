@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
-EXTRAS ?= dev,edge,fab,cloud
+EXTRAS ?= dev,edge,fab,cloud,quantum
 PYTEST_ARGS ?=
 
 .PHONY: help setup test unit integration lint format proto demo serve bench clean

@@ -257,9 +257,11 @@ main.add_command(serve)
 main.add_command(tokens)
 
 from cloud.api.ops_commands import drift, rollout  # noqa: E402
+from cloud.heads.commands import bench_heads  # noqa: E402
 
 main.add_command(rollout)
 main.add_command(drift)
+main.add_command(bench_heads)
 
 # The registry's commands live beside the registry (cloud.registry.commands).
 from cloud.registry.commands import models, registry  # noqa: E402

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cloud.analytics.drift import DailyPoint
+from cloud.evaluation.plots import new_figure
 from cloud.settings import DriftSettings
 
 if TYPE_CHECKING:
@@ -20,15 +21,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 DPI = 80
-
-
-def _new_figure(width: float, height: float) -> Figure:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=DPI)
-    FigureCanvasAgg(fig)
-    return fig
 
 
 def _png(fig: Figure) -> bytes:
@@ -70,7 +62,7 @@ def drift_png(
     """
     has_accuracy = any(p.accuracy is not None for points in series.values() for p in points)
     panels = 3 if has_accuracy else 2
-    fig = _new_figure(7.5, 2.4 * panels + 0.6)
+    fig = new_figure(7.5, 2.4 * panels + 0.6)
     axes = [fig.add_subplot(panels, 1, 1)]
     axes += [fig.add_subplot(panels, 1, i + 1, sharex=axes[0]) for i in range(1, panels)]
     if _plot_signal(axes[0], series, "psi", "PSI"):

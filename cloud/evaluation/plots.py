@@ -24,7 +24,7 @@ WAFER_COLOURS = ("#cfe8cf", "#c0392b", "#ffffff")
 """Colours of pass, fail and out-of-wafer cells."""
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -33,7 +33,7 @@ def _new_figure(width: float, height: float) -> Figure:
     return fig
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=DPI, format="png")
     return path
@@ -49,7 +49,7 @@ def plot_confusion_matrix(report: Mapping[str, Any], path: Path) -> Path:
     cm = np.asarray(report["confusion_matrix"], dtype=np.float64)
     rows = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
-    fig = _new_figure(6.4, 5.6)
+    fig = new_figure(6.4, 5.6)
     ax = fig.add_subplot()
     image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, fraction=0.046)
@@ -69,7 +69,7 @@ def plot_confusion_matrix(report: Mapping[str, Any], path: Path) -> Path:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("Confusion matrix (share of true class)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_per_class_f1(
@@ -80,7 +80,7 @@ def plot_per_class_f1(
     models = {str(report["model_version"]): [report["per_class"][n]["f1"] for n in names]}
     for name, b in baselines.items():
         models[name] = [b["per_class_f1"].get(n, 0.0) for n in names]
-    fig = _new_figure(8.0, 4.0)
+    fig = new_figure(8.0, 4.0)
     ax = fig.add_subplot()
     width = 0.8 / len(models)
     x = np.arange(len(names))
@@ -91,7 +91,7 @@ def plot_per_class_f1(
     ax.set_ylabel("F1")
     ax.legend(fontsize=8)
     ax.set_title("Per-class F1")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_training_curves(history: Sequence[Mapping[str, Any]], path: Path) -> Path:
@@ -101,7 +101,7 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], path: Path) -> Pa
     def series(key: str) -> list[float]:
         return [float(h[key]) if h.get(key) is not None else np.nan for h in history]
 
-    fig = _new_figure(6.4, 4.0)
+    fig = new_figure(6.4, 4.0)
     ax = fig.add_subplot()
     ax.plot(epochs, series("train_loss"), color="tab:red", marker="o", label="train loss")
     ax.set_xlabel("epoch")
@@ -112,14 +112,14 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], path: Path) -> Pa
     right.set_ylim(0, 1.0)
     right.legend(loc="lower right", fontsize=8)
     ax.set_title("Training curves")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_per_step_accuracy(report: Mapping[str, Any], path: Path) -> Path:
     """Accuracy after each supervision step, annotated with the gain from the first step."""
     acc = [float(a) for a in report["per_step_accuracy"]]
     steps = np.arange(1, len(acc) + 1)
-    fig = _new_figure(5.0, 3.6)
+    fig = new_figure(5.0, 3.6)
     ax = fig.add_subplot()
     ax.plot(steps, acc, marker="o")
     for s, a in zip(steps, acc, strict=True):
@@ -129,13 +129,13 @@ def plot_per_step_accuracy(report: Mapping[str, Any], path: Path) -> Path:
     ax.set_ylabel("accuracy")
     gain = acc[-1] - acc[0] if acc else 0.0
     ax.set_title(f"Accuracy per step ({gain:+.3f} from step 1 to {len(acc)})")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_reliability(report: Mapping[str, Any], path: Path) -> Path:
     """Reliability diagram: accuracy against confidence per bin, with the ECE."""
     bins = [b for b in report.get("reliability") or () if b["count"]]
-    fig = _new_figure(4.8, 4.4)
+    fig = new_figure(4.8, 4.4)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
     if bins:
@@ -164,14 +164,14 @@ def plot_reliability(report: Mapping[str, Any], path: Path) -> Path:
     ax.set_ylabel("accuracy")
     ax.legend(fontsize=8, loc="upper left")
     ax.set_title(f"Reliability (ECE {float(report['ece'] or 0.0):.3f})")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_halting_tradeoff(report: Mapping[str, Any], path: Path) -> Path:
     """Macro-F1 against average steps over the halting-threshold sweep, chosen one marked."""
     halting = report["halting"]
     sweep = halting["sweep"]
-    fig = _new_figure(5.6, 4.0)
+    fig = new_figure(5.6, 4.0)
     ax = fig.add_subplot()
     ax.plot([s["avg_steps"] for s in sweep], [s["macro_f1"] for s in sweep], marker=".")
     for s in sweep[:: max(1, len(sweep) // 6)]:
@@ -196,7 +196,7 @@ def plot_halting_tradeoff(report: Mapping[str, Any], path: Path) -> Path:
     ax.set_xlabel("average supervision steps per wafer")
     ax.set_ylabel("macro-F1")
     ax.set_title("Halting trade-off")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_top_errors(
@@ -208,7 +208,7 @@ def plot_top_errors(
     errors = list(report["errors"])[:top]
     cols = min(4, len(errors))
     rows = -(-len(errors) // cols)
-    fig = _new_figure(2.3 * cols, 2.4 * rows)
+    fig = new_figure(2.3 * cols, 2.4 * rows)
     cmap = ListedColormap(list(WAFER_COLOURS))
     for k, e in enumerate(errors):
         ax = fig.add_subplot(rows, cols, k + 1)
@@ -218,7 +218,7 @@ def plot_top_errors(
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle("Most confident errors (#index: true → predicted)", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_plots(
