@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,13 +13,7 @@ from click.testing import CliRunner, Result
 
 from cloud.api.ops_commands import drift, rollout
 from cloud.cli import main
-from cloud.registry.importer import import_model_folder
 from cloud.registry.registry import ModelRegistry
-from cloud.settings import CloudSettings
-from cloud.storage import aggregates
-from cloud.storage.aggregates import DailyAggregate
-from cloud.storage.db import Database
-from wafercore.shipped import shipped_model_dir
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -29,41 +22,10 @@ NODES = ("node-a", "node-b", "node-c", "node-d")
 
 
 @pytest.fixture
-def registered(cloud_settings: CloudSettings, cloud_db: Database) -> None:
+def registered(two_versions: ModelRegistry, report_day: Callable[..., None]) -> None:
     """The champion and a candidate registered; fab-1 reported four nodes today, predicting
     every class alike (far from the champion's mix: a drift report says retrain)."""
-    registry = ModelRegistry(cloud_settings, cloud_db)
-    for version, alias in ((CHAMPION, "champion"), (CANDIDATE, None)):
-        import_model_folder(
-            registry,
-            cloud_settings,
-            shipped_model_dir(version),
-            actor="cli:importer",
-            reason="imported for the test",
-            alias=alias,
-            golden=16,
-        )
-    now = datetime.now(UTC)
-    rows = [
-        DailyAggregate(
-            fab_id="fab-1",
-            node_id=node,
-            day=now.date(),
-            model_version=CHAMPION,
-            class_counts=(100,) * 9,
-            wafers_classified=900,
-            flagged_count=20,
-            reviewed_count=10,
-            reviewed_correct_count=9,
-            latency_p50_ms=3.0,
-            latency_p90_ms=6.0,
-            latency_p99_ms=12.0,
-            avg_recursion_steps=3.0,
-        )
-        for node in NODES
-    ]
-    with cloud_db.session() as session:
-        aggregates.upsert_aggregates(session, aggregates=rows, now=now)
+    report_day("fab-1", NODES, (100,) * 9, flagged=20, reviewed=10, correct=9)
 
 
 @pytest.fixture

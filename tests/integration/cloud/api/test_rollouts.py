@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -15,14 +14,10 @@ from fastapi.routing import APIRoute
 
 from cloud.api.app import create_app
 from cloud.api.auth import OPEN_PATHS
-from cloud.registry.importer import import_model_folder
 from cloud.registry.registry import ModelRegistry
 from cloud.services.tokens import add_token
 from cloud.settings import CloudSettings
-from cloud.storage import aggregates
-from cloud.storage.aggregates import DailyAggregate
 from cloud.storage.db import Database
-from wafercore.shipped import shipped_model_dir
 
 try:
     from fastapi.routing import iter_route_contexts
@@ -37,42 +32,12 @@ Headers = Callable[..., dict[str, str]]
 
 
 @pytest.fixture
-def registered(cloud_settings: CloudSettings, cloud_db: Database) -> ModelRegistry:
+def registered(two_versions: ModelRegistry, report_day: Callable[..., None]) -> ModelRegistry:
     """The champion and a candidate registered; fab-1 reported four nodes, fab-2 three."""
-    registry = ModelRegistry(cloud_settings, cloud_db)
-    for version, alias in ((CHAMPION, "champion"), (CANDIDATE, None)):
-        import_model_folder(
-            registry,
-            cloud_settings,
-            shipped_model_dir(version),
-            actor="cli:importer",
-            reason="imported for the test",
-            alias=alias,
-            golden=16,
-        )
-    now = datetime.now(UTC)
-    rows = [
-        DailyAggregate(
-            fab_id=fab,
-            node_id=node,
-            day=now.date(),
-            model_version=CHAMPION,
-            class_counts=(90, 2, 1, 1, 1, 1, 1, 1, 2),
-            wafers_classified=100,
-            flagged_count=5,
-            reviewed_count=1,
-            reviewed_correct_count=1,
-            latency_p50_ms=3.0,
-            latency_p90_ms=6.0,
-            latency_p99_ms=12.0,
-            avg_recursion_steps=3.0,
-        )
-        for fab, nodes in (("fab-1", NODES), ("fab-2", ("node-x", "node-y", "node-z")))
-        for node in nodes
-    ]
-    with cloud_db.session() as session:
-        aggregates.upsert_aggregates(session, aggregates=rows, now=now)
-    return registry
+    mix = (90, 2, 1, 1, 1, 1, 1, 1, 2)
+    for fab, nodes in (("fab-1", NODES), ("fab-2", ("node-x", "node-y", "node-z"))):
+        report_day(fab, nodes, mix, flagged=5, reviewed=1, correct=1)
+    return two_versions
 
 
 def deploy_body(**kw: object) -> dict[str, object]:
