@@ -25,9 +25,11 @@ import torch
 from torch import Tensor, nn
 
 from cloud.models.trm import ExportableStep, TinyRecursiveModel
+from cloud.models.vae import VAEScorer, WaferVAE
 from wafercore.classes import CLASS_NAMES
 from wafercore.encoding import OUT, TOKENS
 from wafercore.model_input import TOKENS_INPUT, InputSpec
+from wafercore.novelty import NOVELTY_FILE, NOVELTY_MANIFEST_FILE, OUTPUTS, NoveltyManifest
 from wafercore.review import DEFAULT_REVIEW_THRESHOLD
 from wafercore.runtime import (
     MANIFEST_FILE,
@@ -205,6 +207,41 @@ def export_classifier_dir(
     )
 
 
+def export_novelty_dir(
+    vae: WaferVAE,
+    out_dir: Path,
+    *,
+    version: str,
+    threshold: float,
+    false_alarm_rate: float,
+    extra: Mapping[str, Any] | None = None,
+) -> NoveltyManifest:
+    """Write ``novelty.onnx`` (`VAEScorer`: ``x`` to score, heatmap, embedding) and
+    ``novelty.json`` into ``out_dir`` (`wafercore.novelty`); returns the manifest."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = InputSpec(size=vae.config.size, resample="area", channels=("fail", "die"))
+    example, _ = _example_input(spec, _device(vae))
+    _export(VAEScorer(vae), (example,), out_dir / NOVELTY_FILE, inputs=("x",), outputs=OUTPUTS)
+    return write_novelty_manifest(
+        out_dir,
+        NoveltyManifest(
+            version=version,
+            onnx_sha256=file_sha256(out_dir / NOVELTY_FILE),
+            input=spec,
+            latent=vae.config.latent,
+            threshold=threshold,
+            false_alarm_rate=false_alarm_rate,
+            extra={**(extra or {}), "architecture": vae.config.to_dict()},
+        ),
+    )
+
+
+def write_novelty_manifest(out_dir: Path, manifest: NoveltyManifest) -> NoveltyManifest:
+    """Write (or replace) a directory's ``novelty.json`` atomically; returns ``manifest``."""
+    _write_atomic(out_dir / NOVELTY_MANIFEST_FILE, manifest.to_json().encode("utf-8"))
+    return manifest
+
+
 def build_tensorrt(onnx_path: Path, engine_path: Path, fp16: bool = True) -> Path:
     """Build and serialise a TensorRT engine for batches 1..1024 from an exported graph.
 
@@ -264,6 +301,8 @@ def _export(
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export")
             warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
             warnings.filterwarnings("ignore", message="The feature will be removed")
+            # binary_cross_entropy_with_logits checks shapes in Python: constant once traced.
+            warnings.filterwarnings("ignore", message="Converting a tensor to a Python boolean")
             torch.onnx.export(
                 module,
                 args,

@@ -20,7 +20,13 @@ import numpy.typing as npt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from wafercore.artifact import GOLDEN_FILE, SIGNATURE_SUFFIX, GoldenSet, write_artifact
+from wafercore.artifact import (
+    GOLDEN_FILE,
+    OPTIONAL_MEMBERS,
+    SIGNATURE_SUFFIX,
+    GoldenSet,
+    write_artifact,
+)
 from wafercore.classes import NUM_CLASSES, DefectClass
 from wafercore.encoding import GRID
 from wafercore.preprocessing import preprocess
@@ -186,7 +192,10 @@ def package_model(
     tokens = golden_tokens(golden)
     # 26x26 canonical maps: the model builds its own input from them, as a node will.
     maps = list(tokens.reshape(-1, GRID, GRID))
-    golden_set = GoldenSet.from_result(tokens, runtime.predict(runtime.prepare(maps)))
+    novelty = (
+        runtime.novelty.score(runtime.novelty.prepare(maps)).score if runtime.novelty else None
+    )
+    golden_set = GoldenSet.from_result(tokens, runtime.predict(runtime.prepare(maps)), novelty)
     out.parent.mkdir(parents=True, exist_ok=True)
     signature_path = out.with_name(out.name + SIGNATURE_SUFFIX)
     # Write both beside their final names, then rename: a reader never sees a half-written
@@ -199,6 +208,12 @@ def package_model(
                 MODEL_FILE: model_dir / MODEL_FILE,
                 MANIFEST_FILE: model_dir / MANIFEST_FILE,
                 GOLDEN_FILE: golden_set.to_bytes(),
+                # The novelty model travels with its classifier (wafercore.novelty).
+                **(
+                    {name: model_dir / name for name in OPTIONAL_MEMBERS}
+                    if runtime.novelty is not None
+                    else {}
+                ),
             },
         )
         signature, sha256, size = sign_file(staged, key)

@@ -6,8 +6,12 @@ exactly three regular files at its root:
 
 - ``model.onnx`` and ``model.json``: the model directory that `wafercore.runtime` loads;
 - ``golden.npz``: fixed wafers (``tokens``) and what the model answered for them when it was
-  packaged (``probabilities``, ``prediction``), so a node can prove that the graph it loaded
-  behaves as the one that was evaluated before it serves a single wafer.
+  packaged (``probabilities``, ``prediction``, and ``novelty`` scores when it has a novelty
+  model), so a node can prove that the graphs it loaded behave as the ones that were evaluated
+  before it serves a single wafer.
+
+and, together or not at all, the novelty model beside the classifier (``novelty.onnx`` and
+``novelty.json``, `wafercore.novelty`).
 
 Unpacking trusts nothing in the tar, even after the signature has verified: a signing key can
 leak, and a parser bug must not become a write outside the staging folder.
@@ -29,18 +33,23 @@ import numpy.typing as npt
 
 from wafercore.classes import NUM_CLASSES
 from wafercore.encoding import GRID, TOKENS
+from wafercore.novelty import NOVELTY_FILE, NOVELTY_MANIFEST_FILE, NoveltyRuntime
 from wafercore.runtime import MANIFEST_FILE, MODEL_FILE, RuntimeResult
 
 GOLDEN_FILE = "golden.npz"
 """Name of the golden set inside an artifact."""
 MEMBERS = (MODEL_FILE, MANIFEST_FILE, GOLDEN_FILE)
-"""The members of an artifact, in the order they are written."""
+"""The members every artifact has, in the order they are written."""
+OPTIONAL_MEMBERS = (NOVELTY_FILE, NOVELTY_MANIFEST_FILE)
+"""The novelty model's members: an artifact has both or neither, written after `MEMBERS`."""
 SIGNATURE_SUFFIX = ".sig"
 """The detached signature of ``FILE`` is ``FILE.sig`` (64 raw bytes)."""
 MAX_MEMBER_BYTES: Mapping[str, int] = {
     MODEL_FILE: 1 << 30,
     MANIFEST_FILE: 1 << 20,
     GOLDEN_FILE: 64 << 20,
+    NOVELTY_FILE: 256 << 20,
+    NOVELTY_MANIFEST_FILE: 1 << 20,
 }
 """Largest size of each member: far above a real model, far below a full disk."""
 MAX_ARTIFACT_BYTES = sum(MAX_MEMBER_BYTES.values()) + (1 << 20)
@@ -71,11 +80,13 @@ class GoldenSet:
         tokens: (N, 676) uint8 canonical tokens.
         probabilities: (N, classes) float32 expected class probabilities.
         prediction: (N,) int64 expected class ids.
+        novelty: (N,) float32 expected novelty scores, when the model has a novelty model.
     """
 
     tokens: npt.NDArray[np.uint8]
     probabilities: npt.NDArray[np.float32]
     prediction: npt.NDArray[np.int64]
+    novelty: npt.NDArray[np.float32] | None = None
 
     def __post_init__(self) -> None:
         n = self.tokens.shape[0] if self.tokens.ndim == 2 else -1
@@ -94,6 +105,12 @@ class GoldenSet:
                 f"prediction must be int64 ({n},), "
                 f"got {self.prediction.dtype} {self.prediction.shape}"
             )
+        if self.novelty is not None and (
+            self.novelty.shape != (n,) or self.novelty.dtype != np.float32
+        ):
+            problems.append(
+                f"novelty must be float32 ({n},), got {self.novelty.dtype} {self.novelty.shape}"
+            )
         if problems:
             raise ArtifactError(f"{GOLDEN_FILE}: " + "; ".join(problems))
 
@@ -102,19 +119,30 @@ class GoldenSet:
         return list(self.tokens.reshape(-1, GRID, GRID))
 
     @classmethod
-    def from_result(cls, tokens: npt.NDArray[np.uint8], result: RuntimeResult) -> GoldenSet:
-        """The golden set of ``tokens`` from a runtime's answer for them."""
+    def from_result(
+        cls,
+        tokens: npt.NDArray[np.uint8],
+        result: RuntimeResult,
+        novelty: npt.NDArray[np.float32] | None = None,
+    ) -> GoldenSet:
+        """The golden set of ``tokens`` from a runtime's answer (and novelty scores) for them."""
         return cls(
             tokens=np.ascontiguousarray(tokens, dtype=np.uint8),
             probabilities=np.ascontiguousarray(result.probabilities, dtype=np.float32),
             prediction=np.ascontiguousarray(result.prediction, dtype=np.int64),
+            novelty=None if novelty is None else np.ascontiguousarray(novelty, dtype=np.float32),
+        )
+
+    def _arrays(self) -> list[str]:
+        return ["tokens", "probabilities", "prediction"] + (
+            [] if self.novelty is None else ["novelty"]
         )
 
     def to_bytes(self) -> bytes:
         """The set as ``golden.npz`` bytes (uncompressed, fixed timestamps: reproducible)."""
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
-            for name in ("tokens", "probabilities", "prediction"):
+            for name in self._arrays():
                 member = io.BytesIO()
                 np.lib.format.write_array(member, getattr(self, name), allow_pickle=False)
                 archive.writestr(
@@ -138,6 +166,7 @@ class GoldenSet:
                     tokens=data["tokens"],
                     probabilities=data["probabilities"],
                     prediction=data["prediction"],
+                    novelty=data["novelty"] if "novelty" in data.files else None,
                 )
         except ArtifactError:
             raise
@@ -146,6 +175,8 @@ class GoldenSet:
 
 
 class _Predictor(Protocol):
+    novelty: NoveltyRuntime | None
+
     def prepare(self, maps: Sequence[npt.NDArray[np.uint8]]) -> npt.NDArray[Any]: ...
 
     def predict(self, inputs: npt.ArrayLike) -> RuntimeResult: ...
@@ -187,10 +218,28 @@ def check_golden(runtime: _Predictor, golden: GoldenSet, *, atol: float = GOLDEN
             f"{atol:g} (largest difference {float(error.max()):.3g}) and {int(flipped.sum())} "
             "have a different prediction"
         )
+    _check_golden_novelty(runtime.novelty, golden, atol)
+
+
+def _check_golden_novelty(model: NoveltyRuntime | None, golden: GoldenSet, atol: float) -> None:
+    """The novelty model reproduces the golden scores; both are there, or neither."""
+    if (model is None) != (golden.novelty is None):
+        has = "has" if model is not None else "has no"
+        raise GoldenCheckError(f"the model {has} novelty model, its golden set says otherwise")
+    if model is None or golden.novelty is None:
+        return
+    observed = model.score(model.prepare(golden.maps())).score.astype(np.float64)
+    error = np.abs(observed - golden.novelty.astype(np.float64))
+    if float(error.max()) > atol:
+        raise GoldenCheckError(
+            f"{int((error > atol).sum())} of {len(error)} golden wafers have novelty scores off "
+            f"by more than {atol:g} (largest difference {float(error.max()):.3g})"
+        )
 
 
 def write_artifact(out: Path, members: Mapping[str, bytes | Path]) -> None:
-    """Write an artifact tar with exactly the `MEMBERS`, reproducibly (fixed owner, mode, time).
+    """Write an artifact tar with the `MEMBERS` (and both `OPTIONAL_MEMBERS` or neither),
+    reproducibly (fixed owner, mode, time).
 
     Args:
         out: the tar file to write (replaced if it exists).
@@ -199,10 +248,11 @@ def write_artifact(out: Path, members: Mapping[str, bytes | Path]) -> None:
     Raises:
         ArtifactError: a member is missing, unknown or too large.
     """
-    if set(members) != set(MEMBERS):
-        raise ArtifactError(f"an artifact holds exactly {list(MEMBERS)}, got {sorted(members)}")
+    _check_names(list(members))
     with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as archive:
-        for name in MEMBERS:
+        for name in (*MEMBERS, *OPTIONAL_MEMBERS):
+            if name not in members:
+                continue
             source = members[name]
             data = source if isinstance(source, bytes) else Path(source).read_bytes()
             if len(data) > MAX_MEMBER_BYTES[name]:
@@ -247,13 +297,22 @@ def unpack_artifact(artifact: Path, dest: Path) -> Path:
 def _check_members(infos: list[tarfile.TarInfo]) -> None:
     for info in infos:
         _check_member(info)
-    names = [info.name for info in infos]
+    _check_names([info.name for info in infos])
+
+
+def _check_names(names: list[str]) -> None:
+    unknown = sorted(set(names) - set(MAX_MEMBER_BYTES))
+    if unknown:
+        raise ArtifactError(f"members {unknown} are not among {list(MAX_MEMBER_BYTES)}")
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ArtifactError(f"members {repeated} appear more than once")
     missing = [name for name in MEMBERS if name not in names]
     if missing:
         raise ArtifactError(f"members {missing} are missing")
+    optional = [name for name in OPTIONAL_MEMBERS if name in names]
+    if optional and len(optional) != len(OPTIONAL_MEMBERS):
+        raise ArtifactError(f"members {list(OPTIONAL_MEMBERS)} come together, got only {optional}")
 
 
 def _check_member(info: tarfile.TarInfo) -> None:
@@ -268,7 +327,7 @@ def _check_member(info: tarfile.TarInfo) -> None:
     if not info.isreg():
         raise ArtifactError(f"member {name!r} is not a regular file")
     if name not in MAX_MEMBER_BYTES:
-        raise ArtifactError(f"member {name!r} is not one of {list(MEMBERS)}")
+        raise ArtifactError(f"member {name!r} is not one of {list(MAX_MEMBER_BYTES)}")
     if info.size > MAX_MEMBER_BYTES[name]:
         raise ArtifactError(
             f"member {name!r} has {info.size} bytes; at most {MAX_MEMBER_BYTES[name]}"

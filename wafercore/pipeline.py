@@ -11,10 +11,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from wafercore.model_input import InputSpec
+from wafercore.novelty import NoveltyResult, NoveltyRuntime
 from wafercore.review import DEFAULT_REVIEW_THRESHOLD, needs_review
 from wafercore.runtime import ModelRuntime
 from wafercore.second_look import second_look
@@ -31,7 +34,11 @@ class Prediction:
         steps: supervision steps taken before halting (1 for a single-pass model).
         latency_ms: the call's preprocessing and inference time, shared equally by its wafers.
         model_version: the model that produced it.
-        flagged: confidence below the review threshold (`wafercore.review.needs_review`).
+        flagged: confidence below the review threshold (`wafercore.review.needs_review`),
+            or the novelty model found the map unlike anything it learned.
+        novelty: the novelty model's score (`wafercore.novelty`); None without one.
+        novel: the score is above the novelty model's calibrated threshold.
+        embedding: the novelty model's latent mean, for similar-wafer search; None without one.
     """
 
     prediction: int
@@ -41,6 +48,16 @@ class Prediction:
     latency_ms: float
     model_version: str
     flagged: bool
+    novelty: float | None = None
+    novel: bool = False
+    embedding: tuple[float, ...] | None = None
+
+    @property
+    def reason(self) -> str | None:
+        """Why it is flagged: ``novelty`` (which says more) before ``low_confidence``."""
+        if self.novel:
+            return "novelty"
+        return "low_confidence" if self.flagged else None
 
 
 def classify_maps(
@@ -68,8 +85,11 @@ def classify_maps(
     inputs = runtime.prepare(maps)  # the input the model declares
     # Doubtful wafers get their eight rotations and flips averaged, when the model says so.
     predicted = second_look(runtime, inputs, runtime.predict(inputs)).result
+    novelty = _novelty(runtime.novelty, maps, inputs, runtime.manifest.input)
     latency_ms = (time.perf_counter() - started) * 1000 / len(maps)
     flagged = needs_review(predicted.confidence, review_threshold)
+    if novelty is not None:
+        flagged = flagged | novelty.novel
     return [
         Prediction(
             prediction=int(predicted.prediction[row]),
@@ -79,6 +99,22 @@ def classify_maps(
             latency_ms=latency_ms,
             model_version=runtime.version,
             flagged=bool(flagged[row]),
+            novelty=None if novelty is None else float(novelty.score[row]),
+            novel=False if novelty is None else bool(novelty.novel[row]),
+            embedding=None if novelty is None else tuple(novelty.embedding[row].tolist()),
         )
         for row in range(len(maps))
     ]
+
+
+def _novelty(
+    model: NoveltyRuntime | None,
+    maps: Sequence[npt.NDArray[np.uint8]],
+    inputs: npt.NDArray[Any],
+    spec: InputSpec,
+) -> NoveltyResult | None:
+    """The novelty model's result, from the classifier's input when the two read the same."""
+    if model is None:
+        return None
+    same = spec == model.manifest.input
+    return model.score(inputs if same else model.prepare(maps))

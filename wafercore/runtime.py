@@ -26,6 +26,7 @@ import onnxruntime as ort  # type: ignore[import-untyped]
 from wafercore.classes import CLASS_NAMES, NUM_CLASSES
 from wafercore.encoding import OUT, TOKENS
 from wafercore.model_input import TOKENS_INPUT, InputSpec, build_input
+from wafercore.novelty import NoveltyLoadError, NoveltyRuntime
 from wafercore.review import DEFAULT_REVIEW_THRESHOLD, needs_review
 
 MODEL_FILE = "model.onnx"
@@ -217,13 +218,20 @@ class ModelRuntime:
     """One loaded model: an ONNX Runtime session plus its manifest. Build with `load`."""
 
     def __init__(
-        self, session: Any, manifest: ModelManifest, *, chunk_size: int = DEFAULT_CHUNK
+        self,
+        session: Any,
+        manifest: ModelManifest,
+        *,
+        chunk_size: int = DEFAULT_CHUNK,
+        novelty: NoveltyRuntime | None = None,
     ) -> None:
         if chunk_size < 1:
             raise ValueError("chunk_size must be at least 1")
         self._session = session
         self._manifest = manifest
         self._chunk = chunk_size
+        self.novelty = novelty
+        """The novelty model shipped beside the classifier (`wafercore.novelty`), if any."""
 
     @classmethod
     def load(
@@ -245,7 +253,8 @@ class ModelRuntime:
 
         Raises:
             ModelLoadError: a file is missing, the manifest is invalid, the graph's SHA-256
-                differs from the manifest's, or the graph does not fit the manifest.
+                differs from the manifest's, or the graph does not fit the manifest; or the
+                directory's novelty model (`wafercore.novelty`) cannot be loaded.
         """
         model_dir = Path(model_dir)
         onnx_path, manifest_path = model_dir / MODEL_FILE, model_dir / MANIFEST_FILE
@@ -281,7 +290,11 @@ class ModelRuntime:
         except Exception as exc:  # ONNX Runtime raises its own untyped errors
             raise ModelLoadError(f"{onnx_path} cannot be loaded by ONNX Runtime: {exc}") from exc
         _check_interface(session, manifest)
-        runtime = cls(session, manifest, chunk_size=chunk_size)
+        try:
+            novelty = NoveltyRuntime.load_beside(model_dir, threads=threads, providers=providers)
+        except NoveltyLoadError as exc:
+            raise ModelLoadError(str(exc)) from None
+        runtime = cls(session, manifest, chunk_size=chunk_size, novelty=novelty)
         runtime.predict(runtime.prepare([np.full((26, 26), OUT, dtype=np.uint8)]))  # warm-up
         return runtime
 

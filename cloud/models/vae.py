@@ -4,8 +4,8 @@ It reads the area input of the classifier (`wafercore.model_input`: channel 0 th
 of each cell, channel 1 the fraction of the cell inside the wafer) and reconstructs the fail
 channel. The likelihood is Bernoulli over the die inside the wafer: each cell's binary
 cross-entropy is weighted by its die fraction, so cells outside the wafer never count and a
-cell half inside counts half (`vae_loss`). ``beta`` weights the KL term (the VAE brief argues
-for beta < 1: a sharper reconstruction, a more sensitive score).
+cell half inside counts half (`vae_loss`, summed over the wafer's die). ``beta`` weights the
+KL term (the VAE brief argues for beta < 1: a sharper reconstruction, a more sensitive score).
 
 The novelty score of a wafer is its reconstruction error (mean weighted cross-entropy per die
 of the posterior mean's reconstruction), and the per-cell error is its heatmap (`novelty`).
@@ -129,9 +129,15 @@ def _weighted_bce(logits: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
 def vae_loss(
     logits: Tensor, x: Tensor, mu: Tensor, logvar: Tensor, beta: float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(loss, reconstruction, KL), each a batch mean; reconstruction per die in the wafer."""
-    per_cell, die = _weighted_bce(logits, x)
-    reconstruction = (per_cell.sum(dim=(1, 2)) / die).mean()
+    """(loss, reconstruction, KL), each a batch mean; reconstruction summed over the wafer's die.
+
+    The ELBO's likelihood is a sum over die, not a mean: averaged per die, it would weigh a
+    wafer's thousands of die like one latent dimension, and the KL term would win (posterior
+    collapse: every map decoded to the average wafer, every embedding at the prior's mean).
+    The novelty score (`novelty`) is the per-die mean, so wafers of any size compare.
+    """
+    per_cell, _ = _weighted_bce(logits, x)
+    reconstruction = per_cell.sum(dim=(1, 2)).mean()
     kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)).mean()
     return reconstruction + beta * kl, reconstruction, kl
 

@@ -13,7 +13,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cloud.models.trm import TRMConfig
+from wafercore.classes import CLASS_NAMES
 from wafercore.model_input import InputSpec
+
+ClassName = Literal[CLASS_NAMES]  # type: ignore[valid-type]
 
 
 class _Strict(BaseModel):
@@ -82,6 +85,25 @@ class CNNModelConfig(_Strict):
 
     channels: tuple[int, ...] = Field(default=(32, 64, 128), min_length=1)
     convs_per_block: int = Field(default=1, ge=1)
+
+
+class VAEModelConfig(_Strict):
+    """The novelty model (mirrors `cloud.models.vae.VAEConfig`; the input's size is its own)."""
+
+    channels: tuple[int, ...] = Field(default=(32, 64, 128), min_length=1)
+    latent: int = Field(default=32, ge=1)
+    beta: float = Field(default=0.5, ge=0, description="KL weight; < 1 sharpens the score.")
+
+
+class NoveltyConfig(_Strict):
+    """How a VAE's novelty threshold is set, and which classes it must never see."""
+
+    false_alarm_rate: float = Field(
+        default=0.01, gt=0, lt=1, description="Share of known-pattern val wafers flagged novel."
+    )
+    exclude: tuple[ClassName, ...] = Field(
+        default=(), description="Classes left out of training and calibration (leave-one-out)."
+    )
 
 
 class RulesModelConfig(_Strict):
@@ -158,8 +180,8 @@ class SemiConfig(_Strict):
 class TrainConfig(_Strict):
     """One training run."""
 
-    kind: Literal["trm", "cnn", "rules"]
-    version: str = Field(pattern=r"^(trm|cnn|rules)-v\d+\.\d+\.\d+$")
+    kind: Literal["trm", "cnn", "rules", "vae"]
+    version: str = Field(pattern=r"^(trm|cnn|rules|vae)-v\d+\.\d+\.\d+$")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataConfig = DataConfig()
@@ -167,9 +189,23 @@ class TrainConfig(_Strict):
     trm: TRMModelConfig = TRMModelConfig()
     cnn: CNNModelConfig = CNNModelConfig()
     rules: RulesModelConfig = RulesModelConfig()
+    vae: VAEModelConfig = VAEModelConfig()
+    novelty: NoveltyConfig = NoveltyConfig()
     optim: OptimConfig = OptimConfig()
     augment: AugmentConfig = AugmentConfig()
     semi: SemiConfig | None = None
+
+    @model_validator(mode="after")
+    def _vae_reads_area(self) -> TrainConfig:
+        if self.kind == "vae" and (
+            self.input.resample != "area" or tuple(self.input.channels) != ("fail", "die")
+        ):
+            raise ValueError(
+                "a vae reads the area input: input.resample area, channels [fail, die]"
+            )
+        if self.kind == "vae" and self.semi is not None:
+            raise ValueError("semi is for classifiers; a vae learns the known patterns only")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (paths as strings)."""

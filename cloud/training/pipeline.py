@@ -13,6 +13,7 @@ from cloud.training.distributed import SINGLE_PROCESS, DistributedContext, proce
 from cloud.training.finalize import finalize
 from cloud.training.rules_baseline import run_rules
 from cloud.training.trainer import BEST, pick_device, train
+from cloud.training.vae import finalize_vae, train_vae
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +36,24 @@ def run_training(
 
     Returns the model directory (``out``, or ``run_dir/model``), the same on every rank.
 
+    A ``vae`` config writes a novelty model directory (`cloud.training.vae`) instead.
+
     Raises:
-        ValueError: a rules baseline was started on several processes (it trains in one).
+        ValueError: a rules baseline or a VAE was started on several processes (each trains
+            in one).
     """
     model_dir = out or run_dir / "model"
     if config.kind == "rules":
         if distributed.enabled:
             raise ValueError("the rules baseline trains in one process; run it without torchrun")
         run_rules(config, _load(config, settings), model_dir)
+        return model_dir
+    if config.kind == "vae":
+        if distributed.enabled:
+            raise ValueError("the novelty VAE trains in one process; run it without torchrun")
+        data = _load(config, settings)
+        train_vae(config, data, run_dir, resume=resume)
+        finalize_vae(run_dir / BEST, data.val, model_dir)
         return model_dir
     with process_group(distributed, pick_device(config.device)) as replicas:
         with replicas.main_first():  # one process fills the preprocessing cache

@@ -283,9 +283,9 @@ def _end_epoch(run: Run, epoch: int, record: dict[str, Any], run_dir: Path) -> N
         run.best_f1, run.best_epoch = record["val_macro_f1"], epoch + 1
     if run.replicas.is_main:
         ckpt = run.checkpoint(epoch)
-        _atomic_save(ckpt, run_dir / LAST)
+        atomic_save(ckpt, run_dir / LAST)
         if is_best:
-            _atomic_save(ckpt, run_dir / BEST)
+            atomic_save(ckpt, run_dir / BEST)
     run.replicas.barrier()  # nobody runs ahead of (or resumes before) rank 0's checkpoint
 
 
@@ -341,7 +341,7 @@ def _start(config: TrainConfig, data: PreparedData, run_dir: Path, replicas: Rep
         if config.semi is not None and data.unlabelled is not None
         else None
     )
-    optimizer, scheduler = _optimiser(
+    optimizer, scheduler = build_optimiser(
         model, optim, total_steps=len(sampler.epoch(0, config.seed)) * optim.epochs
     )
     return Run(
@@ -364,7 +364,7 @@ def _start(config: TrainConfig, data: PreparedData, run_dir: Path, replicas: Rep
     )
 
 
-def _optimiser(
+def build_optimiser(
     model: nn.Module, optim: OptimConfig, *, total_steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW (no weight decay on biases, norms and embeddings) and its warm-up-cosine schedule."""
@@ -386,7 +386,8 @@ def _optimiser(
     return optimizer, scheduler
 
 
-def _atomic_save(obj: dict[str, Any], path: Path) -> None:
+def atomic_save(obj: dict[str, Any], path: Path) -> None:
+    """Save a checkpoint so that a killed process never leaves half of one."""
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
     tmp.replace(path)

@@ -15,6 +15,7 @@ from wafercore.artifact import (
     GOLDEN_FILE,
     MAX_MEMBER_BYTES,
     MEMBERS,
+    OPTIONAL_MEMBERS,
     ArtifactError,
     GoldenCheckError,
     GoldenSet,
@@ -24,6 +25,7 @@ from wafercore.artifact import (
 )
 from wafercore.classes import NUM_CLASSES
 from wafercore.encoding import TOKENS
+from wafercore.novelty import NOVELTY_FILE, NOVELTY_MANIFEST_FILE
 from wafercore.runtime import MANIFEST_FILE, MODEL_FILE, ModelRuntime, RuntimeResult
 
 MODEL_DIR = Path(__file__).resolve().parents[3] / "models" / "trm-v1.0.0"
@@ -78,8 +80,20 @@ def test_packing_is_reproducible_and_unpacks_to_the_members(tmp_path: Path) -> N
 def test_packing_refuses_other_members(tmp_path: Path) -> None:
     members = _members()
     del members[GOLDEN_FILE]
-    with pytest.raises(ArtifactError, match=r"exactly"):
+    with pytest.raises(ArtifactError, match=r"\['golden.npz'\] are missing"):
         write_artifact(tmp_path / "a.tar", members)
+    with pytest.raises(ArtifactError, match=r"\['notes.txt'\] are not among"):
+        write_artifact(tmp_path / "a.tar", {**_members(), "notes.txt": b"hi"})
+    with pytest.raises(ArtifactError, match="come together"):
+        write_artifact(tmp_path / "a.tar", {**_members(), NOVELTY_FILE: b"graph"})
+
+
+def test_a_novelty_model_travels_beside_the_classifier(tmp_path: Path) -> None:
+    members = {**_members(), NOVELTY_FILE: b"vae" * 10, NOVELTY_MANIFEST_FILE: b"{}"}
+    write_artifact(tmp_path / "a.tar", members)
+    out = unpack_artifact(tmp_path / "a.tar", tmp_path / "model")
+    assert sorted(p.name for p in out.iterdir()) == sorted([*MEMBERS, *OPTIONAL_MEMBERS])
+    assert (out / NOVELTY_FILE).read_bytes() == b"vae" * 10
 
 
 def _absolute() -> tarfile.TarInfo:
@@ -222,6 +236,8 @@ def test_a_different_prediction_fails(runtime: ModelRuntime) -> None:
 class _Fixed:
     """A predictor that answers fixed probabilities (a candidate that behaves differently)."""
 
+    novelty = None
+
     def __init__(self, probabilities: npt.NDArray[np.float32]) -> None:
         self._p = probabilities
 
@@ -251,3 +267,21 @@ def test_a_near_tie_may_break_either_way_but_nothing_else_may() -> None:
     other = np.array([[0.1 / 7] * 7 + [0.45, 0.45]], dtype=np.float32)
     with pytest.raises(GoldenCheckError):
         check_golden(_Fixed(other), golden)
+
+
+def test_a_novelty_model_must_reproduce_its_golden_scores(
+    tmp_path: Path, novelty_model: Callable[..., Path]
+) -> None:
+    runtime = ModelRuntime.load(novelty_model(tmp_path / "m"))
+    assert runtime.novelty is not None
+    tokens = _golden(n=16, seed=2).tokens
+    maps = list(tokens.reshape(-1, 26, 26))
+    scores = runtime.novelty.score(runtime.novelty.prepare(maps)).score
+    answer = runtime.predict(runtime.prepare(maps))
+    check_golden(runtime, GoldenSet.from_result(tokens, answer, scores))
+    shifted = scores.copy()
+    shifted[5] += 1e-3
+    with pytest.raises(GoldenCheckError, match=r"1 of 16 golden wafers have novelty scores"):
+        check_golden(runtime, GoldenSet.from_result(tokens, answer, shifted))
+    with pytest.raises(GoldenCheckError, match="has novelty model"):
+        check_golden(runtime, GoldenSet.from_result(tokens, answer))

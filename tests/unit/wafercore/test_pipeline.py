@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -55,3 +58,30 @@ def test_model_input_and_an_empty_call() -> None:
     assert ModelRuntime.load(shipped_model_dir("trm-v1.0.0")).prepare(maps).shape == (2, 676)
     with pytest.raises(ValueError, match="at least one map"):
         classify_maps(ModelRuntime.load(shipped_model_dir("trm-v1.0.0")), [])
+
+
+def test_without_a_novelty_model_nothing_is_scored(runtime: ModelRuntime) -> None:
+    (p,) = classify_maps(runtime, _maps(1))
+    assert (p.novelty, p.novel, p.embedding) == (None, False, None)
+
+
+@pytest.mark.parametrize("size", [64, 32])  # the classifier's own input, and one of its own
+def test_a_novel_map_is_scored_embedded_and_flagged_for_novelty(
+    tmp_path: Path, novelty_model: Callable[..., Path], size: int
+) -> None:
+    maps = _maps(4)
+    everything = ModelRuntime.load(novelty_model(tmp_path / "low", threshold=0.0, size=size))
+    results = classify_maps(everything, maps, review_threshold=0.0)
+    assert all(p.novel and p.flagged and p.reason == "novelty" for p in results)
+    assert all(p.novelty is not None and p.novelty > 0 for p in results)
+    assert all(p.embedding is not None and len(p.embedding) == 4 for p in results)
+    scored = everything.novelty
+    assert scored is not None
+    expected = scored.score(scored.prepare(maps)).score
+    assert [p.novelty for p in results] == pytest.approx(expected.tolist())
+
+    nothing = ModelRuntime.load(novelty_model(tmp_path / "high", threshold=1e6, size=size))
+    calm = classify_maps(nothing, maps, review_threshold=0.0)
+    assert not any(p.novel or p.flagged for p in calm) and all(p.reason is None for p in calm)
+    unsure = classify_maps(nothing, maps, review_threshold=1.01)
+    assert all(p.flagged and p.reason == "low_confidence" for p in unsure)

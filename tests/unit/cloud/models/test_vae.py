@@ -59,8 +59,9 @@ def test_the_kl_term_is_zero_at_the_prior_and_beta_weights_it() -> None:
     loss, reconstruction, kl = vae_loss(logits, x, shifted, zero, beta=0.5)
     assert kl.item() == pytest.approx(2.0)  # 0.5 * sum(mu^2) over 4 latents
     assert loss.item() == pytest.approx(reconstruction.item() + 1.0)
-    # All-zero logits predict p = 0.5 everywhere: ln 2 per die.
-    assert reconstruction.item() == pytest.approx(float(np.log(2)), rel=1e-5)
+    # All-zero logits predict p = 0.5 everywhere: ln 2 per die, summed over each wafer's die.
+    die = x[:, DIE].sum(dim=(1, 2)).mean().item()
+    assert reconstruction.item() == pytest.approx(float(np.log(2)) * die, rel=1e-5)
 
 
 def test_a_few_steps_on_known_patterns_lower_their_loss() -> None:
