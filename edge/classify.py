@@ -70,7 +70,7 @@ class Classified:
 
     Attributes:
         wafer_id: the wafer.
-        novelty_score: None: this node runs no novelty model.
+        novelty_score: the novelty model's score; None: this node runs no novelty model.
         sequence: the outbox id (the result's sequence at the fab).
         replayed: the stored answer to an earlier, identical request (nothing was stored).
     """
@@ -304,6 +304,14 @@ def _fast_array(rows: Any) -> Any:
         return rows
 
 
+_REASONS = {
+    None: common_pb2.REVIEW_REASON_UNSPECIFIED,
+    "low_confidence": common_pb2.REVIEW_REASON_LOW_CONFIDENCE,
+    "novelty": common_pb2.REVIEW_REASON_NOVELTY,
+}
+"""The contract's reason for each `wafercore.pipeline.Prediction.reason`."""
+
+
 def _to_message(wafer: WaferInput, result: Prediction, stamp: Timestamp) -> Any:
     """The contract Classification of a result with the station's time, not yet its map; the
     uplink sets ``node_id`` and ``sequence`` when it sends it."""
@@ -318,12 +326,11 @@ def _to_message(wafer: WaferInput, result: Prediction, stamp: Timestamp) -> Any:
         model_version=result.model_version,
         flagged_for_review=result.flagged,
         classified_at=stamp,
-        review_reason=(
-            common_pb2.REVIEW_REASON_LOW_CONFIDENCE
-            if result.flagged
-            else common_pb2.REVIEW_REASON_UNSPECIFIED
-        ),
+        review_reason=_REASONS[result.reason],
+        embedding=result.embedding or (),
     )
+    if result.novelty is not None:
+        message.novelty_score = result.novelty
     if wafer.tested_at is not None:
         message.tested_at.FromDatetime(wafer.tested_at)
     return message

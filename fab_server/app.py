@@ -20,6 +20,7 @@ from fab_server.api.app import create_app
 from fab_server.db import current_revision_sync, head_revision, make_async_engine, session_factory
 from fab_server.rpc.server import start_grpc_server
 from fab_server.services.alerts import run_alert_loop
+from fab_server.services.classify import Classifier
 from fab_server.settings import FabSettings
 from fab_server.sync.agent import run_sync_loop
 from wafercore.runtime import ModelRuntime
@@ -67,8 +68,10 @@ class FabServer:
                 f"database at revision {revision}, code at {head_revision()}: "
                 "run `wafer-fab migrate` first"
             )
+        # One model for ClassifyBatch and the heatmaps of the HTTP API, loaded once.
+        classifier = Classifier(self.settings.model_dir, self.runtime)
         self._grpc, self.grpc_port = await start_grpc_server(
-            self.settings, self.sessions, self.runtime
+            self.settings, self.sessions, classifier
         )
         # Bind the HTTP socket here, so port 0 resolves before start() returns. IPPROTO_TCP, not
         # 0: asyncio sets TCP_NODELAY only on sockets that say so, and without it every
@@ -77,7 +80,7 @@ class FabServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.settings.http_host, self.settings.http_port))
         self.http_port = sock.getsockname()[1]
-        app = create_app(self.settings, self.sessions)
+        app = create_app(self.settings, self.sessions, classifier)
         config = uvicorn.Config(
             app,
             # httptools with deadlines: slow or silent clients cannot hold connections open.

@@ -78,6 +78,7 @@ class Result:
     wafer_map: StoredMap | None = None
     received_at: datetime | None = None
     tested_at: datetime | None = None  # the station's time of the test, when it said
+    embedding: tuple[float, ...] | None = None  # the novelty model's latent mean, if it ran
 
 
 @dataclass(frozen=True)

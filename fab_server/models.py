@@ -155,6 +155,19 @@ class WaferMapRow(Base):
         return domain.StoredMap(rows=self.rows, cols=self.cols, values=bytes(self.values))
 
 
+class WaferEmbeddingRow(Base):
+    """A result's embedding (float32 bytes): what similar-wafer search indexes, by ``id``."""
+
+    __tablename__ = "wafer_embeddings"
+    __table_args__ = (UniqueConstraint("node_id", "sequence"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    node_id: Mapped[str] = mapped_column(String(128))
+    sequence: Mapped[int] = mapped_column(BigInteger)
+    model_version: Mapped[str] = mapped_column(String(64))
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class LotRow(Base):
     """A lot's excursion state (its counts come from ``results`` by the lot index)."""
 

@@ -124,7 +124,12 @@ class FabSettings(BaseSettings):
         default=Path("var/fab/artifacts"), description="Where signed model artifacts are kept."
     )
     review_confidence_threshold: float = Field(default=DEFAULT_REVIEW_THRESHOLD, ge=0, le=1)
-    review_novelty_threshold: float = Field(default=0.5, ge=0)
+    review_novelty_threshold: float | None = Field(
+        default=None,
+        ge=0,
+        description="Queue results whose novelty score is at least this. None: the model's own "
+        "threshold decides (calibrated on validation lots; the node flags with reason novelty).",
+    )
     canary_sample_rate: float = Field(
         default=0.05,
         ge=0,

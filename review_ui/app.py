@@ -20,8 +20,10 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fab_server.services import users
+from fab_server.services.classify import Classifier
+from fab_server.services.similar import SimilarityIndex
 from fab_server.settings import FabSettings
-from review_ui import queue, review
+from review_ui import novelty, queue, review
 from review_ui.pages import pages_router
 from review_ui.session import (
     CSRF_FIELD,
@@ -42,10 +44,17 @@ LOGIN_FAILED = "Sign-in failed: unknown user name or wrong password."
 
 
 def mount_ui(
-    app: FastAPI, settings: FabSettings, sessions: async_sessionmaker[AsyncSession]
+    app: FastAPI,
+    settings: FabSettings,
+    sessions: async_sessionmaker[AsyncSession],
+    classifier: Classifier | None = None,
+    index: SimilarityIndex | None = None,
 ) -> None:
-    """Serve the review UI from ``app``: pages under ``/ui/``, static files, error pages."""
-    app.state.review_ui = UiContext.create(settings, sessions)
+    """Serve the review UI from ``app``: pages under ``/ui/``, static files, error pages.
+
+    ``classifier`` and ``index`` are the API's, when it has them (one model, one index).
+    """
+    app.state.review_ui = UiContext.create(settings, sessions, classifier, index)
     app.include_router(ui_router())
     static = Path(__file__).parent / "static"
     app.mount(STATIC, StaticFiles(directory=static), name="review_ui_static")
@@ -59,6 +68,7 @@ def ui_router() -> APIRouter:
     router.include_router(_auth_router())
     router.include_router(queue.router)
     router.include_router(review.router)
+    router.include_router(novelty.router)
     router.include_router(pages_router())
     return router
 

@@ -32,6 +32,8 @@ from starlette.responses import Response
 
 from fab_server.api_tokens import Principal
 from fab_server.services import users
+from fab_server.services.classify import Classifier
+from fab_server.services.similar import SimilarityIndex
 from fab_server.settings import FabSettings
 
 __all__ = [
@@ -74,14 +76,23 @@ class SignInRequired(Exception):
 
 @dataclass
 class UiContext:
-    """What the UI's routes share: settings, the database and the cookie signer."""
+    """What the UI's routes share: settings, the database, the cookie signer, and the fab's
+    model and similar-wafer index (for the novelty heatmap and similar wafers)."""
 
     settings: FabSettings
     sessions: async_sessionmaker[AsyncSession]
     serializer: URLSafeTimedSerializer
+    classifier: Classifier
+    index: SimilarityIndex
 
     @classmethod
-    def create(cls, settings: FabSettings, sessions: async_sessionmaker[AsyncSession]) -> UiContext:
+    def create(
+        cls,
+        settings: FabSettings,
+        sessions: async_sessionmaker[AsyncSession],
+        classifier: Classifier | None = None,
+        index: SimilarityIndex | None = None,
+    ) -> UiContext:
         """The context for one server; a random signing key when none is configured."""
         if settings.ui_session_secret is None:
             logger.warning(
@@ -91,7 +102,13 @@ class UiContext:
             secret = secrets.token_urlsafe(32)
         else:
             secret = settings.ui_session_secret.get_secret_value()
-        return cls(settings, sessions, URLSafeTimedSerializer(secret, salt="review-ui-session"))
+        return cls(
+            settings,
+            sessions,
+            URLSafeTimedSerializer(secret, salt="review-ui-session"),
+            classifier or Classifier(settings.model_dir),
+            index or SimilarityIndex(),
+        )
 
     def read(self, request: Request) -> dict[str, Any]:
         """The session in the request's cookie; empty when absent, forged or expired."""

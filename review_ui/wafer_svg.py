@@ -91,7 +91,14 @@ def map_svg(codes: npt.NDArray[np.integer], *, px: int, label: str, hover: bool 
     return _svg(rows, cols, px, label, body, extra=extra)
 
 
-def rate_svg(rates: npt.NDArray[np.floating], *, px: int, label: str, hover: bool = True) -> Markup:
+def rate_svg(
+    rates: npt.NDArray[np.floating],
+    *,
+    px: int,
+    label: str,
+    hover: bool = True,
+    unit: str = "fail",
+) -> Markup:
     """Draw a fail rate per die position (a lot's stacked map) on a 10-step colour scale.
 
     Args:
@@ -100,6 +107,8 @@ def rate_svg(rates: npt.NDArray[np.floating], *, px: int, label: str, hover: boo
         label: accessible name, e.g. "stacked map of 25 wafers".
         hover: rects with "row r, col c: 40% fail" titles up to `RECT_LIMIT` cells; beyond that,
             paths plus ``data-cells`` (one scale step 0-9 per cell, "-" for none).
+        unit: what 100% is, in titles and the legend ("fail"; "of the largest error" for a
+            novelty heatmap scaled to its largest die).
 
     Returns:
         Markup of an ``<svg role="img">`` with the map and its legend.
@@ -118,7 +127,7 @@ def rate_svg(rates: npt.NDArray[np.floating], *, px: int, label: str, hover: boo
     rows, cols = grid.shape
     extra = ""
     if hover and grid.size <= RECT_LIMIT:
-        body = "".join(_rate_group(grid, bins, step) for step in range(RATE_BINS))
+        body = "".join(_rate_group(grid, bins, step, unit) for step in range(RATE_BINS))
     else:
         body = "".join(
             f'<path fill="{RATE_FILLS[step]}" d="{_runs_path(bins == step)}"/>'
@@ -129,7 +138,7 @@ def rate_svg(rates: npt.NDArray[np.floating], *, px: int, label: str, hover: boo
             # Index -1 (no die) picks the last character, "-".
             cells = "".join(_STEP_CHARS[bins.ravel()].tolist())
             extra = f' class="wafer-map wafer-hover" data-kind="rate" data-cells="{cells}"'
-    legend, legend_height = _legend(rows, cols)
+    legend, legend_height = _legend(rows, cols, unit)
     return _svg(rows, cols, px, label, body + legend, extra=extra, below=legend_height)
 
 
@@ -167,14 +176,16 @@ def _rect_group(grid: npt.NDArray[np.integer], state: int) -> str:
     return f'<g fill="{STATE_FILLS[state]}" class="die-{name}">{rects}</g>'
 
 
-def _rate_group(rates: npt.NDArray[np.float64], bins: npt.NDArray[np.int16], step: int) -> str:
+def _rate_group(
+    rates: npt.NDArray[np.float64], bins: npt.NDArray[np.int16], step: int, unit: str
+) -> str:
     """One ``<g>`` of rects with titles for every cell whose rate falls in scale ``step``."""
     cells = np.argwhere(bins == step).tolist()
     if not cells:
         return ""
     rects = "".join(
         f'<rect x="{c}" y="{r}" width="1" height="1" data-row="{r}" data-col="{c}">'
-        f"<title>row {r}, col {c}: {rates[r, c]:.0%} fail</title></rect>"
+        f"<title>row {r}, col {c}: {rates[r, c]:.0%} {escape(unit)}</title></rect>"
         for r, c in cells
     )
     return f'<g fill="{RATE_FILLS[step]}">{rects}</g>'
@@ -197,7 +208,7 @@ def _runs_path(mask: npt.NDArray[np.bool_]) -> str:
     )
 
 
-def _legend(rows: int, cols: int) -> tuple[str, float]:
+def _legend(rows: int, cols: int, unit: str) -> tuple[str, float]:
     """The colour scale under a rate map (ten swatches, 0% and 100% labels) and its height.
 
     Sized relative to the map's width so it reads the same on a 26- or a 200-column map.
@@ -217,6 +228,6 @@ def _legend(rows: int, cols: int) -> tuple[str, float]:
     markup = (
         f'<g class="legend" aria-hidden="true">{swatches}'
         f'<text x="0" y="{text_y:.4g}" {text}>0%</text>'
-        f'<text x="{cols}" y="{text_y:.4g}" {text} text-anchor="end">100% fail</text></g>'
+        f'<text x="{cols}" y="{text_y:.4g}" {text} text-anchor="end">100% {escape(unit)}</text></g>'
     )
     return markup, text_y - rows + font * 0.3

@@ -33,7 +33,10 @@ from fab_server.api.auth import BearerGate, TokenAuth
 from fab_server.api.health import health_router
 from fab_server.api.lots import lots_router
 from fab_server.api.review import review_router
+from fab_server.api.wafers import wafers_router
 from fab_server.errors import Conflict, NotFound
+from fab_server.services.classify import Classifier
+from fab_server.services.similar import SimilarityIndex
 from fab_server.settings import FabSettings
 from review_ui.app import mount_ui
 from wafercore.web import BodyLimit, error_response, install_error_handlers, mount_docs
@@ -59,12 +62,18 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
     )
 
 
-def create_app(settings: FabSettings, sessions: async_sessionmaker[AsyncSession]) -> FastAPI:
+def create_app(
+    settings: FabSettings,
+    sessions: async_sessionmaker[AsyncSession],
+    classifier: Classifier | None = None,
+) -> FastAPI:
     """The HTTP API on ``sessions``, authenticating with ``settings.api_tokens``.
 
     Args:
         settings: the fab server's settings (tokens, review lease).
         sessions: session factory of the fab database (shared with the gRPC server).
+        classifier: the fab's model (shared with ClassifyBatch), for novelty heatmaps; by
+            default ``settings.model_dir``, loaded on first use.
 
     Returns:
         The ASGI app; the caller serves it (uvicorn) and owns the engine behind ``sessions``.
@@ -86,8 +95,11 @@ def create_app(settings: FabSettings, sessions: async_sessionmaker[AsyncSession]
     app.include_router(review_router(settings, sessions, auth))
     app.include_router(lots_router(sessions, auth))
     app.include_router(alerts_router(sessions, auth))
+    classifier = classifier or Classifier(settings.model_dir)
+    index = SimilarityIndex()
+    app.include_router(wafers_router(sessions, auth, classifier, index))
     # The engineers' pages under /ui/: their own sign-in (session cookie), same services.
-    mount_ui(app, settings, sessions)
+    mount_ui(app, settings, sessions, classifier, index)
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(Conflict, _conflict)
     for unavailable in (OperationalError, InterfaceError, PoolTimeout):

@@ -148,6 +148,18 @@ async def results_by_sequence(
     return {row.sequence: row.to_domain() for row in rows}
 
 
+async def newest_of_wafer(session: AsyncSession, *, wafer_id: str) -> tuple[str, int] | None:
+    """(node_id, sequence) of the wafer's most recently received result, or None."""
+    row = await session.execute(
+        select(ResultRow.node_id, ResultRow.sequence)
+        .where(ResultRow.wafer_id == wafer_id)
+        .order_by(ResultRow.id.desc())
+        .limit(1)
+    )
+    found = row.one_or_none()
+    return None if found is None else (found[0], int(found[1]))
+
+
 async def insert_conflicts(
     session: AsyncSession,
     *,

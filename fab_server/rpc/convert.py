@@ -89,6 +89,7 @@ def result_from_proto(message: Any, *, field: str) -> domain.Result:
         classified_at=to_datetime(message.classified_at, f"{field}.classified_at"),
         review_reason=_review_reason(message.review_reason, f"{field}.review_reason"),
         novelty=message.novelty_score if message.HasField("novelty_score") else None,
+        embedding=tuple(message.embedding) or None,
         wafer_map=wafer_map,
         tested_at=(
             to_datetime(message.tested_at, f"{field}.tested_at")
@@ -133,6 +134,7 @@ def result_to_proto(result: domain.Result) -> Any:
         flagged_for_review=result.flagged,
         classified_at=to_timestamp(result.classified_at),
         review_reason=int(result.review_reason),
+        embedding=result.embedding or (),
     )
     if result.novelty is not None:
         message.novelty_score = result.novelty

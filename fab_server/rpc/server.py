@@ -33,7 +33,7 @@ _OPTIONS = (
 async def start_grpc_server(
     settings: FabSettings,
     sessions: async_sessionmaker[AsyncSession],
-    runtime: ModelRuntime | None,
+    runtime: ModelRuntime | Classifier | None,
 ) -> tuple[grpc.aio.Server, int]:
     """Start serving FabService on ``settings.grpc_host:grpc_port``.
 
@@ -45,7 +45,8 @@ async def start_grpc_server(
     Args:
         settings: address, TLS files, limits.
         sessions: session factory of the fab database.
-        runtime: the model for ClassifyBatch; None loads ``settings.model_dir`` on first use.
+        runtime: the model for ClassifyBatch (or the `Classifier` the HTTP API shares); None
+            loads ``settings.model_dir`` on first use.
 
     Returns:
         The started server (stop it with ``await server.stop(grace)``) and the bound port
@@ -59,7 +60,10 @@ async def start_grpc_server(
         tls_cert=settings.tls_cert, tls_key=settings.tls_key, tls_client_ca=settings.tls_client_ca
     )
     server = grpc.aio.server(options=_OPTIONS)
-    servicer = FabServicer(settings, sessions, Classifier(settings.model_dir, runtime))
+    classifier = (
+        runtime if isinstance(runtime, Classifier) else Classifier(settings.model_dir, runtime)
+    )
+    servicer = FabServicer(settings, sessions, classifier)
     fab_pb2_grpc.add_FabServiceServicer_to_server(servicer, server)
     address = f"{settings.grpc_host}:{settings.grpc_port}"
     if credentials is None:

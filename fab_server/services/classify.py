@@ -26,6 +26,14 @@ FAB_NODE_ID = "fab-server"
 """``node_id`` of the classifications the fab server makes itself (they are not stored)."""
 
 
+_REASONS = {
+    None: domain.ReviewReason.UNSPECIFIED,
+    "low_confidence": domain.ReviewReason.LOW_CONFIDENCE,
+    "novelty": domain.ReviewReason.NOVELTY,
+}
+"""The review reason of each `wafercore.pipeline.Prediction.reason`."""
+
+
 class Classifier:
     """The fab server's model: a loaded runtime, or a model directory loaded on first use."""
 
@@ -135,11 +143,9 @@ async def classify_batch(
                 latency_ms=p.latency_ms,
                 flagged=p.flagged,
                 classified_at=classified_at,
-                review_reason=(
-                    domain.ReviewReason.LOW_CONFIDENCE
-                    if p.flagged
-                    else domain.ReviewReason.UNSPECIFIED
-                ),
+                review_reason=_REASONS[p.reason],
+                novelty=p.novelty,
+                embedding=p.embedding,
             ),
         )
     return outcomes

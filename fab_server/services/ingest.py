@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from fab_server import domain
 from fab_server.errors import InvalidArgument
 from fab_server.repository import distribution as distribution_repo
+from fab_server.repository import embeddings as embeddings_repo
 from fab_server.repository import results as results_repo
 from fab_server.services import review, review_rules
 from fab_server.settings import FabSettings
@@ -38,6 +39,8 @@ MAX_SEQUENCE = 2**63 - 1
 """Largest sequence a BIGINT column holds."""
 MAX_STEPS = 2**15 - 1
 """Largest step count a SMALLINT column holds."""
+MAX_EMBEDDING = 512
+"""Most values in a result's embedding (vae-v1 sends 32)."""
 PROBABILITY_SUM_TOLERANCE = 1e-3
 """How far the sum of a result's probabilities may be from 1 (float32 rounding on the edge)."""
 # What a redelivery must repeat exactly to be a duplicate rather than a conflict.
@@ -147,6 +150,13 @@ def _validate_result(result: domain.Result, index: int) -> None:
         )
     if result.novelty is not None and not math.isfinite(result.novelty):
         raise _bad(index, "novelty_score", f"must be finite, got {result.novelty}")
+    if result.embedding is not None:
+        if len(result.embedding) > MAX_EMBEDDING:
+            raise _bad(
+                index, "embedding", f"has {len(result.embedding)} values; at most {MAX_EMBEDDING}"
+            )
+        if not all(math.isfinite(v) for v in result.embedding):
+            raise _bad(index, "embedding", "must hold finite numbers only")
     if result.classified_at.tzinfo is None:
         raise _bad(index, "classified_at", "must be timezone-aware (UTC)")
     if result.tested_at is not None:
@@ -252,6 +262,7 @@ async def ingest_batch(
             session, [r for r in batch if r.sequence not in stored], now=now
         )
         await results_repo.insert_maps(session, results=fresh)
+        await embeddings_repo.insert_embeddings(session, results=fresh)
         await results_repo.upsert_lots(session, spans=_lot_spans(fresh))
         acked = await results_repo.advance_node(
             session, node_id=node_id, stored_up_to=batch[-1].sequence, now=now

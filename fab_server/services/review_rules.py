@@ -78,13 +78,22 @@ def model_flags(
 ) -> bool:
     """Whether the model's own signals send a result to review (flagged by the edge, unsure, or
     novel): the review rate the A/B guardrail compares, canary samples aside."""
-    novel = novelty is not None and novelty >= settings.review_novelty_threshold
-    return flagged or novel or confidence < settings.review_confidence_threshold
+    return (
+        flagged
+        or _over_threshold(novelty, settings)
+        or confidence < settings.review_confidence_threshold
+    )
+
+
+def _over_threshold(novelty: float | None, settings: FabSettings) -> bool:
+    """The fab's own novelty threshold (when one is set) says the result needs review."""
+    threshold = settings.review_novelty_threshold
+    return novelty is not None and threshold is not None and novelty >= threshold
 
 
 def auto_reason(result: domain.Result, settings: FabSettings) -> domain.ReviewReason | None:
     """Why ``result`` needs review, or None; the edge's own reason wins when it gave one."""
-    novel = result.novelty is not None and result.novelty >= settings.review_novelty_threshold
+    novel = _over_threshold(result.novelty, settings)
     unsure = result.confidence < settings.review_confidence_threshold
     canary = result.review_reason is domain.ReviewReason.CANARY_SAMPLE
     if not (result.flagged or novel or unsure or canary):

@@ -37,20 +37,26 @@
     button.form.requestSubmit(button);
   }
 
-  // The lot's other wafers come after the page is shown: the next item never waits for them.
-  function loadLotWafers() {
-    var section = document.getElementById("lot-wafers");
+  // The lot's other wafers, the heatmap and similar wafers come after the page is shown: the
+  // next item never waits for them.
+  function loadFragment(id) {
+    var section = document.getElementById(id);
     if (!section || !section.dataset.src) return;
     fetch(section.dataset.src, { credentials: "same-origin" })
       .then(function (response) {
-        // A redirect means the session ended: keep the link to the lot page.
+        // A redirect means the session ended: keep what the page shows.
         if (!response.ok || response.redirected) return null;
         return response.text();
       })
       .then(function (html) {
         if (html !== null) section.innerHTML = html;
       })
-      .catch(function () { /* offline or stopped: the link to the lot page stays */ });
+      .catch(function () { /* offline or stopped: the page's own text stays */ });
+  }
+
+  function loadFragments() {
+    loadFragment("novelty");
+    loadFragment("lot-wafers");
   }
 
   document.addEventListener("keydown", onKey);
@@ -63,7 +69,7 @@
     // Tests and tools wait for this before pressing keys.
     document.documentElement.dataset.keys = "ready";
   });
-  window.addEventListener("load", function () { setTimeout(loadLotWafers, 0); });
+  window.addEventListener("load", function () { setTimeout(loadFragments, 0); });
   // Back/forward cache restores the page with sent=true; allow keys again.
   window.addEventListener("pageshow", function () { sent = false; });
 })();

@@ -25,23 +25,23 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dwaferplatform/v1/common.proto\x12\x10waferplatform.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"g\n\x08WaferMap\x12\x0c\n\x04rows\x18\x01 \x01(\r\x12\x0c\n\x04\x63ols\x18\x02 \x01(\r\x12\x0e\n\x06values\x18\x03 \x01(\x0c\x12/\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x1d.waferplatform.v1.DieEncoding\"\xb1\x04\n\x0e\x43lassification\x12\x10\n\x08wafer_id\x18\x01 \x01(\t\x12\x0e\n\x06lot_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x1b\n\x13\x63lass_probabilities\x18\x05 \x03(\x02\x12\x31\n\nprediction\x18\x06 \x01(\x0e\x32\x1d.waferplatform.v1.DefectClass\x12\x12\n\nconfidence\x18\x07 \x01(\x02\x12\x1c\n\x14recursion_steps_used\x18\x08 \x01(\r\x12\x1c\n\x14inference_latency_ms\x18\t \x01(\x02\x12\x15\n\rmodel_version\x18\n \x01(\t\x12\x1a\n\x12\x66lagged_for_review\x18\x0b \x01(\x08\x12\x1a\n\rnovelty_score\x18\x0c \x01(\x01H\x00\x88\x01\x01\x12\x31\n\rclassified_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\twafer_map\x18\x0e \x01(\x0b\x32\x1a.waferplatform.v1.WaferMapH\x01\x88\x01\x01\x12\x35\n\rreview_reason\x18\x0f \x01(\x0e\x32\x1e.waferplatform.v1.ReviewReason\x12-\n\ttested_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x10\n\x0e_novelty_scoreB\x0c\n\n_wafer_map*B\n\x0b\x44ieEncoding\x12\x1a\n\x16\x44IE_ENCODING_CANONICAL\x10\x00\x12\x17\n\x13\x44IE_ENCODING_WM811K\x10\x01*\xf1\x01\n\x0b\x44\x65\x66\x65\x63tClass\x12\x15\n\x11\x44\x45\x46\x45\x43T_CLASS_NONE\x10\x00\x12\x17\n\x13\x44\x45\x46\x45\x43T_CLASS_CENTER\x10\x01\x12\x16\n\x12\x44\x45\x46\x45\x43T_CLASS_DONUT\x10\x02\x12\x19\n\x15\x44\x45\x46\x45\x43T_CLASS_EDGE_LOC\x10\x03\x12\x1a\n\x16\x44\x45\x46\x45\x43T_CLASS_EDGE_RING\x10\x04\x12\x14\n\x10\x44\x45\x46\x45\x43T_CLASS_LOC\x10\x05\x12\x1a\n\x16\x44\x45\x46\x45\x43T_CLASS_NEAR_FULL\x10\x06\x12\x17\n\x13\x44\x45\x46\x45\x43T_CLASS_RANDOM\x10\x07\x12\x18\n\x14\x44\x45\x46\x45\x43T_CLASS_SCRATCH\x10\x08*\xa5\x01\n\x0cReviewReason\x12\x1d\n\x19REVIEW_REASON_UNSPECIFIED\x10\x00\x12 \n\x1cREVIEW_REASON_LOW_CONFIDENCE\x10\x01\x12\x19\n\x15REVIEW_REASON_NOVELTY\x10\x02\x12\x18\n\x14REVIEW_REASON_MANUAL\x10\x03\x12\x1f\n\x1bREVIEW_REASON_CANARY_SAMPLE\x10\x04*e\n\x0cRolloutStage\x12\x1d\n\x19ROLLOUT_STAGE_UNSPECIFIED\x10\x00\x12\x18\n\x14ROLLOUT_STAGE_CANARY\x10\x01\x12\x1c\n\x18ROLLOUT_STAGE_PRODUCTION\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dwaferplatform/v1/common.proto\x12\x10waferplatform.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"g\n\x08WaferMap\x12\x0c\n\x04rows\x18\x01 \x01(\r\x12\x0c\n\x04\x63ols\x18\x02 \x01(\r\x12\x0e\n\x06values\x18\x03 \x01(\x0c\x12/\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x1d.waferplatform.v1.DieEncoding\"\xc4\x04\n\x0e\x43lassification\x12\x10\n\x08wafer_id\x18\x01 \x01(\t\x12\x0e\n\x06lot_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x1b\n\x13\x63lass_probabilities\x18\x05 \x03(\x02\x12\x31\n\nprediction\x18\x06 \x01(\x0e\x32\x1d.waferplatform.v1.DefectClass\x12\x12\n\nconfidence\x18\x07 \x01(\x02\x12\x1c\n\x14recursion_steps_used\x18\x08 \x01(\r\x12\x1c\n\x14inference_latency_ms\x18\t \x01(\x02\x12\x15\n\rmodel_version\x18\n \x01(\t\x12\x1a\n\x12\x66lagged_for_review\x18\x0b \x01(\x08\x12\x1a\n\rnovelty_score\x18\x0c \x01(\x01H\x00\x88\x01\x01\x12\x31\n\rclassified_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\twafer_map\x18\x0e \x01(\x0b\x32\x1a.waferplatform.v1.WaferMapH\x01\x88\x01\x01\x12\x35\n\rreview_reason\x18\x0f \x01(\x0e\x32\x1e.waferplatform.v1.ReviewReason\x12-\n\ttested_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tembedding\x18\x11 \x03(\x02\x42\x10\n\x0e_novelty_scoreB\x0c\n\n_wafer_map*B\n\x0b\x44ieEncoding\x12\x1a\n\x16\x44IE_ENCODING_CANONICAL\x10\x00\x12\x17\n\x13\x44IE_ENCODING_WM811K\x10\x01*\xf1\x01\n\x0b\x44\x65\x66\x65\x63tClass\x12\x15\n\x11\x44\x45\x46\x45\x43T_CLASS_NONE\x10\x00\x12\x17\n\x13\x44\x45\x46\x45\x43T_CLASS_CENTER\x10\x01\x12\x16\n\x12\x44\x45\x46\x45\x43T_CLASS_DONUT\x10\x02\x12\x19\n\x15\x44\x45\x46\x45\x43T_CLASS_EDGE_LOC\x10\x03\x12\x1a\n\x16\x44\x45\x46\x45\x43T_CLASS_EDGE_RING\x10\x04\x12\x14\n\x10\x44\x45\x46\x45\x43T_CLASS_LOC\x10\x05\x12\x1a\n\x16\x44\x45\x46\x45\x43T_CLASS_NEAR_FULL\x10\x06\x12\x17\n\x13\x44\x45\x46\x45\x43T_CLASS_RANDOM\x10\x07\x12\x18\n\x14\x44\x45\x46\x45\x43T_CLASS_SCRATCH\x10\x08*\xa5\x01\n\x0cReviewReason\x12\x1d\n\x19REVIEW_REASON_UNSPECIFIED\x10\x00\x12 \n\x1cREVIEW_REASON_LOW_CONFIDENCE\x10\x01\x12\x19\n\x15REVIEW_REASON_NOVELTY\x10\x02\x12\x18\n\x14REVIEW_REASON_MANUAL\x10\x03\x12\x1f\n\x1bREVIEW_REASON_CANARY_SAMPLE\x10\x04*e\n\x0cRolloutStage\x12\x1d\n\x19ROLLOUT_STAGE_UNSPECIFIED\x10\x00\x12\x18\n\x14ROLLOUT_STAGE_CANARY\x10\x01\x12\x1c\n\x18ROLLOUT_STAGE_PRODUCTION\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'waferplatform.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DIEENCODING']._serialized_start=753
-  _globals['_DIEENCODING']._serialized_end=819
-  _globals['_DEFECTCLASS']._serialized_start=822
-  _globals['_DEFECTCLASS']._serialized_end=1063
-  _globals['_REVIEWREASON']._serialized_start=1066
-  _globals['_REVIEWREASON']._serialized_end=1231
-  _globals['_ROLLOUTSTAGE']._serialized_start=1233
-  _globals['_ROLLOUTSTAGE']._serialized_end=1334
+  _globals['_DIEENCODING']._serialized_start=772
+  _globals['_DIEENCODING']._serialized_end=838
+  _globals['_DEFECTCLASS']._serialized_start=841
+  _globals['_DEFECTCLASS']._serialized_end=1082
+  _globals['_REVIEWREASON']._serialized_start=1085
+  _globals['_REVIEWREASON']._serialized_end=1250
+  _globals['_ROLLOUTSTAGE']._serialized_start=1252
+  _globals['_ROLLOUTSTAGE']._serialized_end=1353
   _globals['_WAFERMAP']._serialized_start=84
   _globals['_WAFERMAP']._serialized_end=187
   _globals['_CLASSIFICATION']._serialized_start=190
-  _globals['_CLASSIFICATION']._serialized_end=751
+  _globals['_CLASSIFICATION']._serialized_end=770
 # @@protoc_insertion_point(module_scope)

@@ -73,7 +73,7 @@ class WaferMap(_message.Message):
     def __init__(self, rows: _Optional[int] = ..., cols: _Optional[int] = ..., values: _Optional[bytes] = ..., encoding: _Optional[_Union[DieEncoding, str]] = ...) -> None: ...
 
 class Classification(_message.Message):
-    __slots__ = ("wafer_id", "lot_id", "node_id", "sequence", "class_probabilities", "prediction", "confidence", "recursion_steps_used", "inference_latency_ms", "model_version", "flagged_for_review", "novelty_score", "classified_at", "wafer_map", "review_reason", "tested_at")
+    __slots__ = ("wafer_id", "lot_id", "node_id", "sequence", "class_probabilities", "prediction", "confidence", "recursion_steps_used", "inference_latency_ms", "model_version", "flagged_for_review", "novelty_score", "classified_at", "wafer_map", "review_reason", "tested_at", "embedding")
     WAFER_ID_FIELD_NUMBER: _ClassVar[int]
     LOT_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,7 @@ class Classification(_message.Message):
     WAFER_MAP_FIELD_NUMBER: _ClassVar[int]
     REVIEW_REASON_FIELD_NUMBER: _ClassVar[int]
     TESTED_AT_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     wafer_id: str
     lot_id: str
     node_id: str
@@ -106,4 +107,5 @@ class Classification(_message.Message):
     wafer_map: WaferMap
     review_reason: ReviewReason
     tested_at: _timestamp_pb2.Timestamp
-    def __init__(self, wafer_id: _Optional[str] = ..., lot_id: _Optional[str] = ..., node_id: _Optional[str] = ..., sequence: _Optional[int] = ..., class_probabilities: _Optional[_Iterable[float]] = ..., prediction: _Optional[_Union[DefectClass, str]] = ..., confidence: _Optional[float] = ..., recursion_steps_used: _Optional[int] = ..., inference_latency_ms: _Optional[float] = ..., model_version: _Optional[str] = ..., flagged_for_review: _Optional[bool] = ..., novelty_score: _Optional[float] = ..., classified_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., wafer_map: _Optional[_Union[WaferMap, _Mapping]] = ..., review_reason: _Optional[_Union[ReviewReason, str]] = ..., tested_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    embedding: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, wafer_id: _Optional[str] = ..., lot_id: _Optional[str] = ..., node_id: _Optional[str] = ..., sequence: _Optional[int] = ..., class_probabilities: _Optional[_Iterable[float]] = ..., prediction: _Optional[_Union[DefectClass, str]] = ..., confidence: _Optional[float] = ..., recursion_steps_used: _Optional[int] = ..., inference_latency_ms: _Optional[float] = ..., model_version: _Optional[str] = ..., flagged_for_review: _Optional[bool] = ..., novelty_score: _Optional[float] = ..., classified_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., wafer_map: _Optional[_Union[WaferMap, _Mapping]] = ..., review_reason: _Optional[_Union[ReviewReason, str]] = ..., tested_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., embedding: _Optional[_Iterable[float]] = ...) -> None: ...

@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -533,3 +533,24 @@ async def test_a_g85_retry_with_the_station_time_returns_the_stored_answers(
     assert untimed.status_code == 200 and len(node.stored()) == 4  # no time: no retry key
     loc, msg = _detail(await client.post("/classify/g85?timestamp=0", content=document.encode()))
     assert loc == ["query", "timestamp"] and msg.startswith("must be an ISO 8601")
+
+
+@pytest.mark.asyncio
+async def test_a_novelty_model_scores_embeds_and_flags_every_wafer(
+    tmp_path: Path, novelty_model: Callable[..., Path]
+) -> None:
+    model = novelty_model(tmp_path / "novel", threshold=0.0)  # everything is novel
+    store = ModelStore(tmp_path / "models", default_model=model, threads=1, warmup=1)
+    made = Node(store, tmp_path / "edge")
+    try:
+        async with made.client() as http:
+            answer = await http.post("/classify", json=BODY)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["novelty_score"] > 0 and body["flagged_for_review"] is True
+        (stored,) = made.stored()
+        assert stored.novelty_score == pytest.approx(body["novelty_score"])
+        assert stored.review_reason == common_pb2.REVIEW_REASON_NOVELTY
+        assert len(stored.embedding) == 4 and all(np.isfinite(stored.embedding))
+    finally:
+        made.outbox.close()

@@ -65,6 +65,7 @@ def test_classification_field_numbers_are_stable() -> None:
         "wafer_map": 14,
         "review_reason": 15,
         "tested_at": 16,
+        "embedding": 17,
     }
 
 

@@ -55,7 +55,14 @@ async def _ingest(sessions: Sessions, settings: FabSettings, results: list[domai
                 **{
                     f.name: getattr(r, f.name)
                     for f in dataclasses.fields(r)
-                    if f.name not in ("wafer_map", "received_at", "review_reason", "probabilities")
+                    if f.name
+                    not in (
+                        "wafer_map",
+                        "received_at",
+                        "review_reason",
+                        "probabilities",
+                        "embedding",
+                    )
                 },
                 probabilities=list(r.probabilities),
                 review_reason=int(r.review_reason),

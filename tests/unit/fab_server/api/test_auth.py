@@ -37,6 +37,7 @@ PATH_VALUES = {
     "item_id": "3f1c2d4e-5a6b-4c7d-8e9f-0a1b2c3d4e5f",
     "lot_id": "LOT-1",
     "alert_id": "1",
+    "wafer_id": "W-1",
 }
 
 

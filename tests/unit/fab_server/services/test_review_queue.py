@@ -18,7 +18,8 @@ from fab_server.services import review
 from fab_server.settings import FabSettings
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-SETTINGS = FabSettings(review_lease_seconds=600)
+# The fab's own novelty threshold is set: results at or above it are queued as novel.
+SETTINGS = FabSettings(review_lease_seconds=600, review_novelty_threshold=0.5)
 Sessions = async_sessionmaker[AsyncSession]
 
 

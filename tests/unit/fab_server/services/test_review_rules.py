@@ -183,3 +183,12 @@ def test_relabelling_an_item_without_prediction_is_allowed() -> None:
     item = _item(predicted_class=None)
     resolution = domain.Resolution(domain.ReviewOutcome.RELABELLED, true_label=8)
     assert rules.checked_resolution(resolution, item) == resolution
+
+
+def test_by_default_the_model_s_own_novelty_flag_decides() -> None:
+    default = FabSettings(review_confidence_threshold=0.6)
+    assert default.review_novelty_threshold is None
+    # A score on the novelty model's own scale is no reason by itself: its node flags it.
+    assert rules.auto_reason(_result(novelty=5.0), default) is None
+    novel = _result(novelty=5.0, flagged=True, review_reason=domain.ReviewReason.NOVELTY)
+    assert rules.auto_reason(novel, default) is domain.ReviewReason.NOVELTY

@@ -89,7 +89,8 @@ def test_daily_figures_by_hand() -> None:
     results = [
         ResultFigures(sequence=1, model_version="v-a", prediction=0, latency_ms=10.0, steps=1),
         ResultFigures(2, "v-a", prediction=3, latency_ms=20.0, steps=3, confidence=0.3),
-        ResultFigures(3, "v-a", prediction=3, latency_ms=30.0, steps=2, novelty=0.9),
+        # Flagged by its node: its novelty model found it novel.
+        ResultFigures(3, "v-a", prediction=3, latency_ms=30.0, steps=2, novelty=0.9, flagged=True),
         ResultFigures(4, "v-b", prediction=8, latency_ms=5.0, steps=4, flagged=True),
     ]
     marks = [
