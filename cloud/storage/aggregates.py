@@ -33,6 +33,9 @@ class DailyAggregate:
         reviewed_correct_count: of those, predictions the engineer confirmed.
         latency_p50_ms, latency_p90_ms, latency_p99_ms: the day's latency percentiles.
         avg_recursion_steps: mean supervision steps per wafer.
+        novelty_quantiles: the day's novelty scores at `wafercore.novelty.QUANTILE_LEVELS`;
+            empty when no wafer was scored.
+        novelty_scored: wafers that carried a novelty score.
     """
 
     fab_id: str
@@ -48,6 +51,8 @@ class DailyAggregate:
     latency_p90_ms: float
     latency_p99_ms: float
     avg_recursion_steps: float
+    novelty_quantiles: tuple[float, ...] = ()
+    novelty_scored: int = 0
 
 
 def upsert_aggregates(
@@ -94,6 +99,8 @@ def _values(aggregate: DailyAggregate, now: datetime) -> dict[str, object]:
         "latency_p90_ms": aggregate.latency_p90_ms,
         "latency_p99_ms": aggregate.latency_p99_ms,
         "avg_recursion_steps": aggregate.avg_recursion_steps,
+        "novelty_quantiles": list(aggregate.novelty_quantiles),
+        "novelty_scored": aggregate.novelty_scored,
         "uploaded_at": now,
     }
 
@@ -130,6 +137,8 @@ def _record(row: DailyAggregateRow) -> DailyAggregate:
         latency_p90_ms=row.latency_p90_ms,
         latency_p99_ms=row.latency_p99_ms,
         avg_recursion_steps=row.avg_recursion_steps,
+        novelty_quantiles=tuple(float(v) for v in row.novelty_quantiles),
+        novelty_scored=row.novelty_scored,
     )
 
 

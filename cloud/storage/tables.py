@@ -211,6 +211,8 @@ class DailyAggregateRow(Base):
     latency_p90_ms: Mapped[float] = mapped_column(Float)
     latency_p99_ms: Mapped[float] = mapped_column(Float)
     avg_recursion_steps: Mapped[float] = mapped_column(Float)
+    novelty_quantiles: Mapped[list[float]] = mapped_column(JSON, default=list)
+    novelty_scored: Mapped[int] = mapped_column(BigInteger, default=0)
     uploaded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

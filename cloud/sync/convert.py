@@ -6,6 +6,7 @@ contract asks for (64 lowercase hex characters): a raw wafer or lot id is refuse
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
@@ -18,6 +19,7 @@ from cloud.storage.aggregates import DailyAggregate
 from cloud.storage.labels import ReviewedLabel
 from wafercore.classes import NUM_CLASSES, DefectClass
 from wafercore.errors import InvalidInput
+from wafercore.novelty import QUANTILE_LEVELS
 from wafercore.validation import check_id, check_time_range, map_from_bytes
 from waferplatform.v1 import cloud_pb2  # type: ignore[import-not-found]
 
@@ -153,6 +155,7 @@ def aggregate_from_proto(message: Any, field: str, *, fab_id: str) -> DailyAggre
         value = getattr(message, name)
         if not 0 <= value < float("inf"):
             raise InvalidInput(f"{field}.{name}", f"{value} is not a finite value >= 0")
+    quantiles = _novelty_quantiles(message, field)
     return DailyAggregate(
         fab_id=fab_id,
         node_id=message.node_id,
@@ -167,7 +170,27 @@ def aggregate_from_proto(message: Any, field: str, *, fab_id: str) -> DailyAggre
         latency_p90_ms=float(message.latency_p90_ms),
         latency_p99_ms=float(message.latency_p99_ms),
         avg_recursion_steps=float(message.avg_recursion_steps),
+        novelty_quantiles=quantiles,
+        novelty_scored=int(message.novelty_scored),
     )
+
+
+def _novelty_quantiles(message: Any, field: str) -> tuple[float, ...]:
+    """The aggregate's novelty quantiles: none, or one finite value per level, ascending."""
+    values = tuple(float(v) for v in message.novelty_quantiles)
+    if message.novelty_scored > message.wafers_classified:
+        raise InvalidInput(f"{field}.novelty_scored", "exceeds wafers_classified")
+    if not values and not message.novelty_scored:
+        return ()
+    if len(values) != len(QUANTILE_LEVELS) or not message.novelty_scored:
+        raise InvalidInput(
+            f"{field}.novelty_quantiles",
+            f"must hold {len(QUANTILE_LEVELS)} values exactly when novelty_scored > 0, "
+            f"got {len(values)} for {message.novelty_scored} scored wafers",
+        )
+    if not all(math.isfinite(v) for v in values) or list(values) != sorted(values):
+        raise InvalidInput(f"{field}.novelty_quantiles", "must be finite and ascending")
+    return values
 
 
 def plan_to_proto(plan: Plan) -> Any:

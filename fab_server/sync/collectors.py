@@ -26,6 +26,7 @@ from fab_server.settings import FabSettings
 from fab_server.sync import storage
 from fab_server.sync.records import DailyFigures, LabelRecord, ResultFigures, ReviewMark
 from wafercore.classes import NUM_CLASSES
+from wafercore.novelty import score_quantiles
 
 Sessions = async_sessionmaker[AsyncSession]
 _REVIEWED = (domain.ReviewOutcome.CONFIRMED, domain.ReviewOutcome.RELABELLED)
@@ -97,6 +98,7 @@ def daily_figures(
         latency = np.array([r.latency_ms for r in rows], dtype=np.float64)
         p50, p90, p99 = (float(v) for v in np.percentile(latency, [50, 90, 99]))
         counts = np.bincount([r.prediction for r in rows], minlength=NUM_CLASSES)
+        scored = [r.novelty for r in rows if r.novelty is not None]
         out.append(
             DailyFigures(
                 node_id=node_id,
@@ -111,6 +113,8 @@ def daily_figures(
                 latency_p90_ms=p90,
                 latency_p99_ms=p99,
                 avg_recursion_steps=float(np.mean([r.steps for r in rows])),
+                novelty_quantiles=score_quantiles(scored),
+                novelty_scored=len(scored),
             )
         )
     return out

@@ -193,6 +193,8 @@ def to_daily_aggregate(figures: DailyFigures) -> Any:
         latency_p90_ms=figures.latency_p90_ms,
         latency_p99_ms=figures.latency_p99_ms,
         avg_recursion_steps=figures.avg_recursion_steps,
+        novelty_quantiles=list(figures.novelty_quantiles),
+        novelty_scored=figures.novelty_scored,
     )
     if figures.reviewed_count:
         message.reviewed_accuracy = figures.reviewed_correct_count / figures.reviewed_count

@@ -83,6 +83,8 @@ class DailyFigures:
     latency_p90_ms: float
     latency_p99_ms: float
     avg_recursion_steps: float
+    novelty_quantiles: tuple[float, ...] = ()  # at wafercore.novelty.QUANTILE_LEVELS
+    novelty_scored: int = 0
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ class UploadLabelsRequest(_message.Message):
     def __init__(self, fab_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., labels: _Optional[_Iterable[_Union[ReviewedLabel, _Mapping]]] = ...) -> None: ...
 
 class DailyAggregate(_message.Message):
-    __slots__ = ("node_id", "date", "model_version", "class_counts", "wafers_classified", "flagged_count", "reviewed_count", "reviewed_correct_count", "reviewed_accuracy", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "avg_recursion_steps")
+    __slots__ = ("node_id", "date", "model_version", "class_counts", "wafers_classified", "flagged_count", "reviewed_count", "reviewed_correct_count", "reviewed_accuracy", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "avg_recursion_steps", "novelty_quantiles", "novelty_scored")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     DATE_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +59,8 @@ class DailyAggregate(_message.Message):
     LATENCY_P90_MS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_P99_MS_FIELD_NUMBER: _ClassVar[int]
     AVG_RECURSION_STEPS_FIELD_NUMBER: _ClassVar[int]
+    NOVELTY_QUANTILES_FIELD_NUMBER: _ClassVar[int]
+    NOVELTY_SCORED_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     date: str
     model_version: str
@@ -72,7 +74,9 @@ class DailyAggregate(_message.Message):
     latency_p90_ms: float
     latency_p99_ms: float
     avg_recursion_steps: float
-    def __init__(self, node_id: _Optional[str] = ..., date: _Optional[str] = ..., model_version: _Optional[str] = ..., class_counts: _Optional[_Iterable[int]] = ..., wafers_classified: _Optional[int] = ..., flagged_count: _Optional[int] = ..., reviewed_count: _Optional[int] = ..., reviewed_correct_count: _Optional[int] = ..., reviewed_accuracy: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p90_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., avg_recursion_steps: _Optional[float] = ...) -> None: ...
+    novelty_quantiles: _containers.RepeatedScalarFieldContainer[float]
+    novelty_scored: int
+    def __init__(self, node_id: _Optional[str] = ..., date: _Optional[str] = ..., model_version: _Optional[str] = ..., class_counts: _Optional[_Iterable[int]] = ..., wafers_classified: _Optional[int] = ..., flagged_count: _Optional[int] = ..., reviewed_count: _Optional[int] = ..., reviewed_correct_count: _Optional[int] = ..., reviewed_accuracy: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p90_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., avg_recursion_steps: _Optional[float] = ..., novelty_quantiles: _Optional[_Iterable[float]] = ..., novelty_scored: _Optional[int] = ...) -> None: ...
 
 class UploadAggregatesRequest(_message.Message):
     __slots__ = ("fab_id", "idempotency_key", "aggregates")

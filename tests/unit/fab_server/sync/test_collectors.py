@@ -111,6 +111,9 @@ def test_daily_figures_by_hand() -> None:
     assert (a.latency_p50_ms, a.latency_p90_ms, a.latency_p99_ms) == pytest.approx(tuple(expected))
     assert a.avg_recursion_steps == pytest.approx(2.0)
     assert b.class_counts[8] == 1 and b.latency_p99_ms == pytest.approx(5.0)
+    # Novelty quantiles cover the scored wafers only; a version without scores has none.
+    assert (a.novelty_scored, a.novelty_quantiles) == (1, (0.9,) * 19)
+    assert (b.novelty_scored, b.novelty_quantiles) == (0, ())
 
 
 @pytest.mark.asyncio
