@@ -39,6 +39,8 @@ def aggregate(
         latency_p90_ms=7.25,
         latency_p99_ms=p99,
         avg_recursion_steps=4.5,
+        novelty_quantiles=tuple(0.1 + 0.01 * i for i in range(19)),
+        novelty_scored=6,
     )
 
 

@@ -113,12 +113,30 @@ def test_a_label_from_the_future_or_with_a_broken_map_is_refused() -> None:
         ({"reviewed_correct_count": 3}, "a.reviewed_correct_count"),
         ({"latency_p99_ms": float("nan")}, "a.latency_p99_ms"),
         ({"avg_recursion_steps": -1.0}, "a.avg_recursion_steps"),
+        ({"novelty_scored": 11}, "a.novelty_scored"),
+        ({"novelty_scored": 3, "novelty_quantiles": [0.1] * 5}, "a.novelty_quantiles"),
+        ({"novelty_quantiles": [0.1] * 19}, "a.novelty_quantiles"),  # none scored
+        (
+            {"novelty_scored": 3, "novelty_quantiles": [0.2, 0.1] + [0.3] * 17},
+            "a.novelty_quantiles",
+        ),
+        ({"novelty_scored": 3, "novelty_quantiles": [float("nan")] * 19}, "a.novelty_quantiles"),
     ],
 )
 def test_a_bad_aggregate_is_refused_naming_its_field(changes: dict[str, Any], field: str) -> None:
     with pytest.raises(InvalidInput) as refused:
         aggregate_from_proto(aggregate(**changes), "a", fab_id="fab-1")
     assert refused.value.field == field
+
+
+def test_novelty_quantiles_travel_when_wafers_were_scored() -> None:
+    levels = [0.01 * i for i in range(19)]
+    kept = aggregate_from_proto(
+        aggregate(novelty_scored=7, novelty_quantiles=levels), "a", fab_id="fab-1"
+    )
+    assert kept.novelty_scored == 7 and kept.novelty_quantiles == pytest.approx(tuple(levels))
+    none = aggregate_from_proto(aggregate(), "a", fab_id="fab-1")
+    assert (none.novelty_scored, none.novelty_quantiles) == (0, ())
 
 
 def test_convert_all_keeps_the_valid_items_and_says_why_the_others_were_refused() -> None:
