@@ -77,7 +77,10 @@ def _import_shipped_models(settings: CloudSettings) -> None:
         click.echo(f"registered {model.version}{aliases}")
 
 
-@click.group(help="Bearer tokens of the REST API (roles: viewer < ml-engineer < admin).")
+@click.group(
+    help="Bearer tokens of the REST API (roles: viewer < ml-engineer < admin) and of the fabs' "
+    "CloudSync (role fab; the user is the fab's id)."
+)
 def tokens() -> None:
     """The ``tokens`` commands."""
 
@@ -85,7 +88,10 @@ def tokens() -> None:
 @tokens.command("add", help="Issue a token; it is printed once and stored only hashed.")
 @click.option("--user", required=True, help="Who holds it (recorded as the actor).")
 @click.option(
-    "--role", required=True, type=click.Choice(["viewer", "ml-engineer", "admin"]), help="Role."
+    "--role",
+    required=True,
+    type=click.Choice(["viewer", "ml-engineer", "admin", "fab"]),
+    help="Role; fab: a fab server's sync token, --user its fab id.",
 )
 @click.pass_obj
 def tokens_add(settings: CloudSettings, user: str, role: str) -> None:

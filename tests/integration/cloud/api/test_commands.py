@@ -71,6 +71,15 @@ def test_a_token_is_printed_once_listed_without_itself_and_revoked(
     assert "eng-ana" in run_tokens(cloud_settings, "list", "--all").output
 
 
+def test_a_fab_sync_token_is_issued_to_the_fab_id(
+    cloud_settings: CloudSettings, cloud_db: Database
+) -> None:
+    added = run_tokens(cloud_settings, "add", "--user", "fab-1", "--role", "fab")
+    assert added.exit_code == 0, added.output
+    holder = authenticate(cloud_db, added.output.strip())
+    assert holder is not None and (holder.user, holder.role) == ("fab-1", "fab")
+
+
 def test_bad_token_commands_say_what_is_wrong(cloud_settings: CloudSettings) -> None:
     role = run_tokens(cloud_settings, "add", "--user", "ana", "--role", "root")
     assert role.exit_code == 2 and "--role" in role.output
