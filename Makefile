@@ -46,8 +46,8 @@ proto: $(STAMP) ## Regenerate the Python code of the protobuf contracts (the onl
 demo: $(STAMP) ## Run the main job on embedded defaults (SQLite, local files, no servers)
 	$(VENV)/bin/wafer-platform demo
 
-serve: $(STAMP) ## Run the demo, then keep every tier serving (review UI on :8080) until Ctrl-C
-	$(VENV)/bin/wafer-platform demo --serve --http-port $${HTTP_PORT:-8080}
+serve: $(STAMP) ## Start every tier on this machine (review UI on :8080), health-checked, until Ctrl-C
+	$(VENV)/bin/wafer-platform up --http-port $${HTTP_PORT:-8080}
 
 bench: $(STAMP) ## Run the benchmarks; they print figures (WAFER_DATA_DIR defaults to ../shared/data/wm811k)
 	WAFER_DATA_DIR=$${WAFER_DATA_DIR:-../shared/data/wm811k} $(PY) bench/read_preprocess.py

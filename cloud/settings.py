@@ -16,7 +16,7 @@ class GateSettings(BaseModel):
     min_macro_f1_gain: float = Field(
         default=0.005, description="Macro-F1 at least the champion's plus this."
     )
-    min_accuracy: float = Field(default=0.93, ge=0, le=1)
+    min_accuracy: float = Field(default=0.93, ge=0, le=1, description="Accuracy at least.")
     min_class_f1: float = Field(default=0.70, ge=0, le=1, description="Every class at least.")
     max_p99_ms: float = Field(
         default=50.0, gt=0, description="Batch-1 p99 on the exported runtime."
@@ -64,7 +64,9 @@ class RolloutSettings(BaseModel):
     )
     alpha: float = Field(default=0.05, gt=0, lt=1, description="Significance level.")
     confidence: float = Field(default=0.95, gt=0, lt=1, description="Bootstrap interval level.")
-    bootstrap_resamples: int = Field(default=2000, ge=100)
+    bootstrap_resamples: int = Field(
+        default=2000, ge=100, description="Resamples of the bootstrap intervals."
+    )
     max_p99_ms: float = Field(default=50.0, gt=0, description="Guardrail: p99 latency.")
     min_class_f1: float = Field(default=0.70, ge=0, le=1, description="Guardrail: class F1.")
     min_class_support: int = Field(
@@ -107,18 +109,26 @@ class CloudSettings(BaseSettings):
     db_schema: str | None = Field(default=None, description="PostgreSQL schema (tests).")
 
     # MLflow: the registry of every model version.
-    mlflow_tracking_uri: str = Field(default="http://127.0.0.1:5000")
+    mlflow_tracking_uri: str = Field(
+        default="http://127.0.0.1:5000", description="The MLflow server of the registry."
+    )
     mlflow_backend_store_uri: str | None = Field(
         default=None, description="`mlflow server` store; default SQLite in work_dir."
     )
     mlflow_artifacts_destination: str | None = Field(
         default=None, description="`mlflow server` artifact root; default a folder in work_dir."
     )
-    registered_model: str = Field(default="wafer-classifier")
+    registered_model: str = Field(
+        default="wafer-classifier", description="Name of the registered model in MLflow."
+    )
 
     # Celery on Redis.
-    broker_url: str = Field(default="redis://127.0.0.1:6379/0")
-    result_backend: str = Field(default="redis://127.0.0.1:6379/0")
+    broker_url: str = Field(
+        default="redis://127.0.0.1:6379/0", description="Celery broker (Redis)."
+    )
+    result_backend: str = Field(
+        default="redis://127.0.0.1:6379/0", description="Celery result backend (Redis)."
+    )
     task_queue: str = Field(default="wafer-cloud", description="The Celery queue of the steps.")
     task_always_eager: bool = Field(
         default=False, description="Run tasks in-process (the demo without Redis)."
@@ -144,8 +154,8 @@ class CloudSettings(BaseSettings):
     )
 
     # The REST API.
-    api_host: str = Field(default="127.0.0.1")
-    api_port: int = Field(default=8300, ge=0, le=65535)
+    api_host: str = Field(default="127.0.0.1", description="Address the REST API listens on.")
+    api_port: int = Field(default=8300, ge=0, le=65535, description="Its port (0: any).")
     api_url: str = Field(
         default="http://127.0.0.1:8300", description="Where `train --remote` finds the API."
     )
@@ -153,8 +163,8 @@ class CloudSettings(BaseSettings):
 
     # CloudSync: the gRPC endpoint the fab servers sync with (fab tokens; TLS, mTLS optional).
     sync_enabled: bool = Field(default=True, description="`serve` starts CloudSync too.")
-    sync_host: str = Field(default="127.0.0.1")
-    sync_port: int = Field(default=50061, ge=0, le=65535)
+    sync_host: str = Field(default="127.0.0.1", description="Address CloudSync listens on.")
+    sync_port: int = Field(default=50061, ge=0, le=65535, description="Its port (0: any).")
     sync_tls_cert: Path | None = Field(default=None, description="Server certificate (PEM).")
     sync_tls_key: Path | None = Field(default=None, description="Its private key (PEM).")
     sync_tls_client_ca: Path | None = Field(
@@ -163,7 +173,9 @@ class CloudSettings(BaseSettings):
 
     # Signing of registered artifacts.
     signing_key: Path | None = Field(default=None, description="Ed25519 private key (PEM).")
-    signing_key_id: str = Field(default="cloud-dev")
+    signing_key_id: str = Field(
+        default="cloud-dev", description="Id under which nodes trust the signing key."
+    )
 
     gate: GateSettings = Field(default_factory=GateSettings)
     checks: DataChecks = Field(default_factory=DataChecks)

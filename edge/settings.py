@@ -57,7 +57,7 @@ class EdgeSettings(BaseSettings):
         description="The credential its fab issued to this node (`wafer-fab nodes add`), sent "
         "on every gRPC call; not needed when the node has a client certificate (mTLS).",
     )
-    http_host: str = "127.0.0.1"
+    http_host: str = Field(default="127.0.0.1", description="Address /classify listens on.")
     http_port: int = Field(default=8000, ge=0, le=65535, description="0: any free port.")
     work_dir: Path = Field(
         default=Path("var/edge"), description="Outbox and installed models live here."
@@ -106,10 +106,18 @@ class EdgeSettings(BaseSettings):
         description="Most bytes of results per batch (maps up to 512x512 are big), well under "
         "the fab's 64 MiB message limit; a batch always carries at least one result.",
     )
-    uplink_backoff_initial_s: float = Field(default=0.5, gt=0)
-    uplink_backoff_max_s: float = Field(default=30.0, gt=0)
-    metrics_interval_s: float = Field(default=60.0, gt=0)
-    ota_poll_interval_s: float = Field(default=300.0, gt=0)
+    uplink_backoff_initial_s: float = Field(
+        default=0.5, gt=0, description="First wait before reconnecting to the fab (doubles)."
+    )
+    uplink_backoff_max_s: float = Field(
+        default=30.0, gt=0, description="Longest wait between reconnection attempts."
+    )
+    metrics_interval_s: float = Field(
+        default=60.0, gt=0, description="How often the node pushes a metrics window to the fab."
+    )
+    ota_poll_interval_s: float = Field(
+        default=300.0, gt=0, description="How often the node asks the fab for its assigned model."
+    )
     trusted_keys_dir: Path | None = Field(
         default=None, description="Ed25519 public keys <key_id>.pub (PEM) that may sign models."
     )

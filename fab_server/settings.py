@@ -25,17 +25,35 @@ class ApiToken(BaseModel):
 class AlertThresholds(BaseModel):
     """Alert thresholds from DESIGN.md §3, all configurable."""
 
-    latency_p99_warning_ms: float = 45.0
-    latency_p99_critical_ms: float = 50.0
-    reviewed_accuracy_critical: float = 0.90
-    review_rate_warning: float = 0.25
-    class_f1_warning: float = 0.70
-    class_f1_window_days: float = 7.0
-    # A lot is an excursion when its failing-pattern share exceeds the recent baseline by
-    # this much (absolute), over at least ``excursion_min_wafers`` wafers.
-    excursion_margin: float = 0.30
-    excursion_min_wafers: int = 10
-    excursion_baseline_lots: int = 50
+    latency_p99_warning_ms: float = Field(
+        default=45.0, description="A node's window p99 latency above this: warning."
+    )
+    latency_p99_critical_ms: float = Field(
+        default=50.0, description="A node's window p99 latency above this: critical."
+    )
+    reviewed_accuracy_critical: float = Field(
+        default=0.90, description="Reviewed accuracy of a model below this: critical."
+    )
+    review_rate_warning: float = Field(
+        default=0.25, description="Share of a node's wafers flagged for review above this."
+    )
+    class_f1_warning: float = Field(
+        default=0.70, description="A class's F1 on reviewed wafers below this: warning."
+    )
+    class_f1_window_days: float = Field(
+        default=7.0, description="Days of reviewed wafers the class F1 is computed over."
+    )
+    excursion_margin: float = Field(
+        default=0.30,
+        description="A lot is an excursion when its failing-pattern share exceeds the recent "
+        "baseline by this much (absolute).",
+    )
+    excursion_min_wafers: int = Field(
+        default=10, description="Wafers a lot needs before it can be an excursion."
+    )
+    excursion_baseline_lots: int = Field(
+        default=50, description="Recent lots the excursion baseline is computed over."
+    )
 
 
 class SyncSettings(BaseModel):
@@ -112,10 +130,12 @@ class FabSettings(BaseSettings):
     db_schema: str | None = Field(
         default=None, description="PostgreSQL schema to use (search_path); None: the default."
     )
-    grpc_host: str = "127.0.0.1"
-    grpc_port: int = Field(default=50051, ge=0, le=65535)
-    http_host: str = "127.0.0.1"
-    http_port: int = Field(default=8080, ge=0, le=65535)
+    grpc_host: str = Field(default="127.0.0.1", description="Address FabService listens on.")
+    grpc_port: int = Field(default=50051, ge=0, le=65535, description="Its port (0: any).")
+    http_host: str = Field(
+        default="127.0.0.1", description="Address the HTTP API and review UI listen on."
+    )
+    http_port: int = Field(default=8080, ge=0, le=65535, description="Its port (0: any).")
     model_dir: Path = Field(
         default_factory=shipped_model_dir,
         description="Model of ClassifyBatch (default: the shipped default model).",
@@ -123,7 +143,12 @@ class FabSettings(BaseSettings):
     artifact_dir: Path = Field(
         default=Path("var/fab/artifacts"), description="Where signed model artifacts are kept."
     )
-    review_confidence_threshold: float = Field(default=DEFAULT_REVIEW_THRESHOLD, ge=0, le=1)
+    review_confidence_threshold: float = Field(
+        default=DEFAULT_REVIEW_THRESHOLD,
+        ge=0,
+        le=1,
+        description="Results with a lower confidence are queued for review.",
+    )
     review_novelty_threshold: float | None = Field(
         default=None,
         ge=0,
@@ -137,11 +162,21 @@ class FabSettings(BaseSettings):
         description="During a rollout, this share of each arm's results is queued for review "
         "(CANARY_SAMPLE), the same on canary and control nodes.",
     )
-    review_lease_seconds: float = Field(default=900.0, gt=0)
-    classify_max_batch: int = Field(default=1024, ge=1)
-    stream_max_batch: int = Field(default=5000, ge=1)
-    download_chunk_bytes: int = Field(default=256 * 1024, ge=1024)
-    alert_interval_seconds: float = Field(default=60.0, gt=0)
+    review_lease_seconds: float = Field(
+        default=900.0, gt=0, description="How long a claimed review item stays with its engineer."
+    )
+    classify_max_batch: int = Field(
+        default=1024, ge=1, description="Most wafers per ClassifyBatch."
+    )
+    stream_max_batch: int = Field(
+        default=5000, ge=1, description="Most results per StreamResults batch."
+    )
+    download_chunk_bytes: int = Field(
+        default=256 * 1024, ge=1024, description="Chunk size of model artifact downloads."
+    )
+    alert_interval_seconds: float = Field(
+        default=60.0, gt=0, description="How often the alert loop evaluates the rules."
+    )
     alerts: AlertThresholds = AlertThresholds()
     sync: SyncSettings = Field(default_factory=SyncSettings)
     api_tokens: list[ApiToken] = Field(

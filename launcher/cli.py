@@ -13,6 +13,8 @@ import numpy as np
 
 from launcher.demo import DEMO_USER, DemoOutcome, Serving, lot_table, run_demo
 from launcher.settings import PlatformSettings
+from launcher.settings_reference import settings_reference
+from launcher.up import up
 from wafercore.classes import DefectClass
 from wafercore.dataset import UNLABELLED, WaferDataset
 from wafercore.features import spatial_features
@@ -35,6 +37,10 @@ TIERS = (
 def main(ctx: click.Context) -> None:
     """Entry point of ``wafer-platform``."""
     ctx.obj = PlatformSettings()
+
+
+main.add_command(settings_reference)
+main.add_command(up)
 
 
 @main.group(help="Inspect and convert wafer map data.")
@@ -163,7 +169,7 @@ def demo(
     for name, command, what in TIERS:
         click.echo(f"  - {name:<13} {command:<18} {what}")
     click.echo(
-        f"\nReview UI: `make serve` (wafer-platform demo --serve) keeps every tier serving and "
+        f"\nReview UI: `wafer-platform demo --serve` keeps every tier serving and "
         f"prints a sign-in; the UI is then at http://127.0.0.1:{http_port}/ui/ (user "
         f"{DEMO_USER!r}, password printed at start)."
     )
