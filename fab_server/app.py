@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
 from dataclasses import dataclass, field
 
@@ -128,9 +129,16 @@ class FabServer:
             await self.engine.dispose()
 
     async def serve_forever(self) -> None:
-        """Run until cancelled (Ctrl-C or SIGTERM in the CLI), then stop cleanly."""
+        """Run until SIGINT or SIGTERM (or cancelled), then stop cleanly: a container runtime
+        or service manager stops the server with SIGTERM, a terminal with Ctrl-C."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         await self.start()
         try:
-            await asyncio.Event().wait()
+            await stop.wait()
         finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
             await self.stop()
