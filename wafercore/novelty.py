@@ -6,10 +6,13 @@ known patterns (``novelty.onnx``) and its manifest (``novelty.json``, a `Novelty
 carries both and a node always scores novelty with the VAE that was shipped with its classifier.
 
 The graph maps the VAE's own input ``x`` (B, 2, S, S) (`wafercore.model_input`, area fail and
-die fractions) to ``score`` (B,), the mean cross-entropy per die of its reconstruction,
-``heatmap`` (B, S, S), the same per cell, and ``embedding`` (B, Z), the latent mean, which the
-fab uses to find similar wafers. A wafer whose score is above the manifest's ``threshold``
-(calibrated on validation lots to ``false_alarm_rate`` of known-pattern wafers) is novel.
+die fractions) to ``score`` (B,), the mean cross-entropy per die of its reconstruction less the
+binary entropy of the wafer's fail fraction (what a model that knows only the fail rate would
+pay; `cloud.models.vae.novelty`), ``heatmap`` (B, S, S), the cross-entropy per cell, and
+``embedding`` (B, Z), the latent mean (the fab's similar-wafer search uses the classifier's
+penultimate features instead where the classifier exposes them: they retrieve better). A
+wafer whose score is above the manifest's ``threshold`` (calibrated on validation lots to
+``false_alarm_rate`` of known-pattern wafers) is novel.
 """
 
 from __future__ import annotations
@@ -77,8 +80,8 @@ class NoveltyManifest:
             problems.append("input must be an area input with channels [fail, die]")
         if isinstance(self.latent, bool) or not isinstance(self.latent, int) or self.latent < 1:
             problems.append(f"latent {self.latent!r} must be an integer >= 1")
-        if not (np.isfinite(self.threshold) and self.threshold >= 0):
-            problems.append(f"threshold {self.threshold} must be a finite number >= 0")
+        if not np.isfinite(self.threshold):
+            problems.append(f"threshold {self.threshold} must be a finite number")
         if not 0.0 < self.false_alarm_rate < 1.0:
             problems.append(f"false_alarm_rate {self.false_alarm_rate} must be in (0, 1)")
         if problems:

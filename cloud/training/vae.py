@@ -40,6 +40,7 @@ from cloud.training.trainer import (
     seed_everything,
 )
 from wafercore.classes import CLASS_NAMES
+from wafercore.dataset import WaferDataset
 from wafercore.novelty import NoveltyRuntime
 
 log = logging.getLogger(__name__)
@@ -187,15 +188,16 @@ def _train_epoch(
     }
 
 
-def runtime_scores(runtime: NoveltyRuntime, part: Part) -> np.ndarray:
-    """Novelty scores (N,) of a part as a node computes them (exported graph, ONNX Runtime)."""
+def runtime_scores(runtime: NoveltyRuntime, raw: WaferDataset) -> np.ndarray:
+    """Novelty scores (N,) of every map of ``raw`` as a node computes them (exported graph,
+    ONNX Runtime), in batches."""
     scores = [
         runtime.score(
-            runtime.prepare([part.raw.map(j) for j in range(i, min(i + SCORE_BATCH, len(part)))])
-        ).score
-        for i in range(0, len(part), SCORE_BATCH)
+            runtime.prepare([raw.map(j) for j in range(i, min(i + SCORE_BATCH, len(raw)))])
+        )
+        for i in range(0, len(raw), SCORE_BATCH)
     ]
-    return np.concatenate(scores) if scores else np.empty(0, np.float32)
+    return np.concatenate([s.score for s in scores]) if scores else np.empty(0, np.float32)
 
 
 def finalize_vae(checkpoint: Path, val: Part, out_dir: Path) -> dict[str, Any]:
@@ -222,7 +224,7 @@ def finalize_vae(checkpoint: Path, val: Part, out_dir: Path) -> dict[str, Any]:
         vae, out_dir, version=config.version, threshold=0.0, false_alarm_rate=rate, extra=extra
     )
     known = known_part(val, config)
-    scores = runtime_scores(NoveltyRuntime.load(out_dir, threads=2), known)
+    scores = runtime_scores(NoveltyRuntime.load(out_dir, threads=2), known.raw)
     threshold = calibrate_threshold(scores, rate)
     extra["validation"] = {
         "n": len(scores),

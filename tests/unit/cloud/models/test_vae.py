@@ -88,7 +88,7 @@ def test_the_scorer_is_deterministic_and_exports_to_onnx(tmp_path: Path) -> None
         score, heatmap, mu = scorer(x)
         again = scorer(x)[0]
     assert torch.equal(score, again) and score.shape == (len(x),)
-    assert heatmap.shape == (len(x), 32, 32) and torch.all(score > 0)
+    assert heatmap.shape == (len(x), 32, 32) and torch.all(torch.isfinite(score))
     path = tmp_path / "vae.onnx"
     torch.onnx.export(
         scorer,
@@ -104,3 +104,40 @@ def test_the_scorer_is_deterministic_and_exports_to_onnx(tmp_path: Path) -> None
     np.testing.assert_allclose(got_score, score.numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got_heatmap, heatmap.numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got_mu, mu.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_reconstruction_that_knows_only_the_fail_rate_scores_zero() -> None:
+    x = wafers()
+    die = x[:, DIE].sum(dim=(1, 2))
+    rate = (x[:, FAIL] * x[:, DIE]).sum(dim=(1, 2)) / die
+    constant = torch.logit(rate)[:, None, None].expand(-1, 32, 32)
+    score, _ = novelty(constant, x)
+    torch.testing.assert_close(score, torch.zeros_like(score), atol=1e-4, rtol=0)
+    # A reconstruction that misses the pattern's layout pays more than that baseline.
+    flipped = torch.logit(rate)[:, None, None] * torch.ones(len(x), 32, 32)
+    worse, _ = novelty(-flipped.clamp(-5, 5) * 3, x)
+    assert torch.all(worse > 0)
+
+
+def test_the_exported_score_stays_finite_for_extreme_reconstructions(tmp_path: Path) -> None:
+    """A decoder sure of itself (huge logits) must not make the graph's score NaN: a node would
+    send it, and the fab refuses a result whose novelty score is not finite."""
+    torch.manual_seed(0)
+    vae = WaferVAE(SMALL).eval()
+    with torch.no_grad():
+        vae.decoder[-1].weight.mul_(1e4)
+        vae.decoder[-1].bias.fill_(-1e4)
+    path = tmp_path / "vae.onnx"
+    torch.onnx.export(
+        VAEScorer(vae),
+        (wafers()[:2],),
+        str(path),
+        input_names=["x"],
+        output_names=["score", "heatmap", "latent"],
+        dynamic_axes={name: {0: "batch"} for name in ("x", "score", "heatmap", "latent")},
+        dynamo=False,
+    )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    score, heatmap, _ = session.run(None, {"x": wafers().numpy()})
+    assert np.isfinite(score).all() and np.isfinite(heatmap).all()
+    assert (heatmap[wafers().numpy()[:, DIE] == 0] == 0).all()  # off-wafer cells: exactly 0
