@@ -32,6 +32,7 @@ from wafercore.model_input import TOKENS_INPUT, InputSpec
 from wafercore.novelty import NOVELTY_FILE, NOVELTY_MANIFEST_FILE, OUTPUTS, NoveltyManifest
 from wafercore.review import DEFAULT_REVIEW_THRESHOLD
 from wafercore.runtime import (
+    FEATURES,
     MANIFEST_FILE,
     MODEL_FILE,
     ModelKind,
@@ -240,6 +241,43 @@ def write_novelty_manifest(out_dir: Path, manifest: NoveltyManifest) -> NoveltyM
     """Write (or replace) a directory's ``novelty.json`` atomically; returns ``manifest``."""
     _write_atomic(out_dir / NOVELTY_MANIFEST_FILE, manifest.to_json().encode("utf-8"))
     return manifest
+
+
+def penultimate(model: onnx.ModelProto) -> tuple[str, int]:
+    """The penultimate feature tensor of a single-pass classifier graph and its width: the
+    input of the ``Gemm`` (or ``MatMul``) whose output is ``logits``.
+
+    Raises:
+        ValueError: no such linear last layer with a constant weight.
+    """
+    last = [n for n in model.graph.node if "logits" in n.output and n.op_type in ("Gemm", "MatMul")]
+    if not last:
+        raise ValueError("no Gemm/MatMul makes the 'logits' output")
+    weight = {t.name: t for t in model.graph.initializer}.get(last[0].input[1])
+    if weight is None:
+        raise ValueError("the last layer's weight is not a constant")
+    transposed = any(a.name == "transB" and a.i == 1 for a in last[0].attribute)
+    return last[0].input[0], int(weight.dims[1] if transposed else weight.dims[0])
+
+
+def expose_features(graph: bytes) -> bytes:
+    """A single-pass classifier's graph with its penultimate features as a second output,
+    ``features`` (B, D), weights and ``logits`` untouched: what the node embeds each wafer with
+    for the fab's similar-wafer search (`wafercore.runtime.FEATURES`).
+
+    Raises:
+        ValueError: not a graph with a linear last layer, or one that exposes them already.
+    """
+    model = onnx.load_from_string(graph)
+    if FEATURES in [o.name for o in model.graph.output]:
+        raise ValueError("the graph already has a 'features' output")
+    tensor, dim = penultimate(model)
+    model.graph.node.append(onnx.helper.make_node("Identity", [tensor], [FEATURES]))
+    model.graph.output.append(
+        onnx.helper.make_tensor_value_info(FEATURES, onnx.TensorProto.FLOAT, ["batch", dim])
+    )
+    onnx.checker.check_model(model, full_check=True)
+    return model.SerializeToString()
 
 
 def build_tensorrt(onnx_path: Path, engine_path: Path, fp16: bool = True) -> Path:

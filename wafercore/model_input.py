@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from wafercore.encoding import FAIL, OUT
+from wafercore.encoding import FAIL, OUT, TOKENS
 from wafercore.preprocessing import to_grid, to_tokens
 
 Resample = Literal["nearest", "area"]
@@ -170,3 +170,29 @@ def quantize(inputs: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
 def dequantize(cached: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
     """The fractions of a `quantize`-d input (within 1/510 of the original)."""
     return cached.astype(np.float32) / np.float32(QUANTUM)
+
+
+def as_tokens(tokens: npt.ArrayLike) -> npt.NDArray[np.int64]:
+    """A token batch as the runtime takes it: (B, 676) int64 values 0..2, or ValueError."""
+    arr = np.asarray(tokens)
+    if arr.ndim != 2 or arr.shape[1] != TOKENS:
+        raise ValueError(f"tokens must have shape (B, {TOKENS}), got {arr.shape}")
+    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"tokens must be integers 0..2, got dtype {arr.dtype}")
+    if arr.size and (arr.min() < 0 or arr.max() > 2):
+        raise ValueError("tokens must be canonical die values 0 (pass), 1 (fail), 2 (out)")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def as_area(inputs: npt.ArrayLike, spec: InputSpec) -> npt.NDArray[np.float32]:
+    """An area batch as the runtime takes it: (B, C, S, S) float32 in [0, 1], or ValueError."""
+    arr = np.asarray(inputs)
+    if arr.ndim != 4 or arr.shape[1:] != spec.shape:
+        raise ValueError(
+            f"inputs must have shape (B, {', '.join(map(str, spec.shape))}), got {arr.shape}"
+        )
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"inputs must be fractions in [0, 1], got dtype {arr.dtype}")
+    if arr.size and not (arr.min() >= 0.0 and arr.max() <= 1.0):  # NaN fails too
+        raise ValueError("inputs must be fractions in [0, 1]")
+    return np.ascontiguousarray(arr, dtype=np.float32)

@@ -38,7 +38,8 @@ class Prediction:
             or the novelty model found the map unlike anything it learned.
         novelty: the novelty model's score (`wafercore.novelty`); None without one.
         novel: the score is above the novelty model's calibrated threshold.
-        embedding: the novelty model's latent mean, for similar-wafer search; None without one.
+        embedding: where the wafer sits for similar-wafer search (`_embeddings`); None when
+            the model exposes no features and has no novelty model.
     """
 
     prediction: int
@@ -84,8 +85,10 @@ def classify_maps(
     started = time.perf_counter()
     inputs = runtime.prepare(maps)  # the input the model declares
     # Doubtful wafers get their eight rotations and flips averaged, when the model says so.
-    predicted = second_look(runtime, inputs, runtime.predict(inputs)).result
+    first = runtime.predict(inputs)
+    predicted = second_look(runtime, inputs, first).result
     novelty = _novelty(runtime.novelty, maps, inputs, runtime.manifest.input)
+    embeddings = _embeddings(first.features, novelty)
     latency_ms = (time.perf_counter() - started) * 1000 / len(maps)
     flagged = needs_review(predicted.confidence, review_threshold)
     if novelty is not None:
@@ -101,10 +104,25 @@ def classify_maps(
             flagged=bool(flagged[row]),
             novelty=None if novelty is None else float(novelty.score[row]),
             novel=False if novelty is None else bool(novelty.novel[row]),
-            embedding=None if novelty is None else tuple(novelty.embedding[row].tolist()),
+            embedding=None if embeddings is None else tuple(embeddings[row].tolist()),
         )
         for row in range(len(maps))
     ]
+
+
+def _embeddings(
+    features: npt.NDArray[np.float32] | None, novelty: NoveltyResult | None
+) -> npt.NDArray[np.float32] | None:
+    """Where each wafer sits for similar-wafer search: the classifier's penultimate features,
+    scaled to unit length (so Euclidean distance ranks as cosine), where the graph exposes them
+    (they retrieve same-class wafers far better: docs/novelty.md); else the novelty model's
+    latent mean; else nothing."""
+    if features is not None:
+        flat = features.reshape(len(features), -1)
+        norms = np.linalg.norm(flat, axis=1, keepdims=True)
+        unit: npt.NDArray[np.float32] = (flat / np.maximum(norms, 1e-12)).astype(np.float32)
+        return unit
+    return None if novelty is None else novelty.embedding
 
 
 def _novelty(

@@ -24,8 +24,8 @@ import numpy.typing as npt
 import onnxruntime as ort  # type: ignore[import-untyped]
 
 from wafercore.classes import CLASS_NAMES, NUM_CLASSES
-from wafercore.encoding import OUT, TOKENS
-from wafercore.model_input import TOKENS_INPUT, InputSpec, build_input
+from wafercore.encoding import OUT
+from wafercore.model_input import TOKENS_INPUT, InputSpec, as_area, as_tokens, build_input
 from wafercore.novelty import NoveltyLoadError, NoveltyRuntime
 from wafercore.review import DEFAULT_REVIEW_THRESHOLD, needs_review
 
@@ -45,6 +45,8 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # Graph outputs per kind, the names export writes; the first input is the model's input.
 _TRM_OUT = ("y_next", "z_next", "logits", "halt")
 _CNN_OUT = ("logits",)
+FEATURES = "features"
+"""Optional last output of a cnn graph: its penultimate features, for similar-wafer search."""
 
 
 class ModelLoadError(RuntimeError):
@@ -204,6 +206,7 @@ class RuntimeResult:
         steps: (B,) int64 supervision steps taken, 1..n_sup (1 for a cnn).
         halt: (B,) float32 halt probability at the last step (1.0 for a cnn).
         flagged: (B,) bool, confidence below the manifest's review threshold.
+        features: (B, D) float32 penultimate features, when the graph exposes them.
     """
 
     probabilities: npt.NDArray[np.float32]
@@ -212,6 +215,7 @@ class RuntimeResult:
     steps: npt.NDArray[np.int64]
     halt: npt.NDArray[np.float32]
     flagged: npt.NDArray[np.bool_]
+    features: npt.NDArray[np.float32] | None = None
 
 
 class ModelRuntime:
@@ -232,6 +236,8 @@ class ModelRuntime:
         self._chunk = chunk_size
         self.novelty = novelty
         """The novelty model shipped beside the classifier (`wafercore.novelty`), if any."""
+        outputs = [o.name for o in session.get_outputs()]
+        self._cnn_out = [*_CNN_OUT, FEATURES] if FEATURES in outputs else list(_CNN_OUT)
 
     @classmethod
     def load(
@@ -303,6 +309,11 @@ class ModelRuntime:
         return build_input(maps, self._manifest.input)
 
     @property
+    def output_names(self) -> tuple[str, ...]:
+        """The graph's outputs (``features`` last when it exposes them)."""
+        return tuple(self._cnn_out) if self._manifest.kind == "cnn" else _TRM_OUT
+
+    @property
     def manifest(self) -> ModelManifest:
         """The model's manifest."""
         return self._manifest
@@ -346,10 +357,12 @@ class ModelRuntime:
         logits = np.empty((size, NUM_CLASSES), dtype=np.float32)
         steps = np.empty(size, dtype=np.int64)
         halt = np.empty(size, dtype=np.float32)
+        features: list[npt.NDArray[np.float32]] = []
         for start in range(0, size, self._chunk):
             part = slice(start, start + self._chunk)
             if self._manifest.kind == "cnn":
-                logits[part] = self._run_cnn(batch[part])
+                logits[part], chunk_features = self._run_cnn(batch[part])
+                features += [] if chunk_features is None else [chunk_features]
                 steps[part], halt[part] = 1, 1.0
             else:
                 logits[part], steps[part], halt[part] = self._run_halting(
@@ -365,6 +378,7 @@ class ModelRuntime:
             steps=steps,
             halt=halt,
             flagged=needs_review(confidence, self._manifest.review_threshold),
+            features=np.concatenate(features) if features else None,
         )
 
     def predict_all_steps(
@@ -384,7 +398,7 @@ class ModelRuntime:
             part = slice(start, start + self._chunk)
             chunk = batch[part]
             if self._manifest.kind == "cnn":
-                logits[0, part] = self._run_cnn(chunk)
+                logits[0, part] = self._run_cnn(chunk)[0]
                 continue
             y, z = self._initial_state(chunk.shape[0])
             for step in range(n_steps):
@@ -393,7 +407,7 @@ class ModelRuntime:
 
     def _as_input(self, inputs: npt.ArrayLike) -> npt.NDArray[Any]:
         spec = self._manifest.input
-        return _as_tokens(inputs) if spec.is_tokens else _as_area(inputs, spec)
+        return as_tokens(inputs) if spec.is_tokens else as_area(inputs, spec)
 
     def _run_halting(
         self, batch: npt.NDArray[Any], threshold: float, limit: int
@@ -433,9 +447,13 @@ class ModelRuntime:
         )
         return y_next, z_next, logits, halt
 
-    def _run_cnn(self, tokens: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
-        (logits,) = self._session.run(list(_CNN_OUT), {self._manifest.input_name: tokens})
-        return np.asarray(logits, dtype=np.float32)
+    def _run_cnn(
+        self, tokens: npt.NDArray[Any]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
+        """Logits, and the penultimate features when the graph exposes them."""
+        outs = self._session.run(self._cnn_out, {self._manifest.input_name: tokens})
+        features = np.asarray(outs[1], dtype=np.float32) if len(outs) > 1 else None
+        return np.asarray(outs[0], dtype=np.float32), features
 
     def _initial_state(self, size: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         assert self._manifest.state_shape is not None  # guaranteed for a trm by the manifest
@@ -450,35 +468,13 @@ class ModelRuntime:
         return probabilities
 
 
-def _as_tokens(tokens: npt.ArrayLike) -> npt.NDArray[np.int64]:
-    arr = np.asarray(tokens)
-    if arr.ndim != 2 or arr.shape[1] != TOKENS:
-        raise ValueError(f"tokens must have shape (B, {TOKENS}), got {arr.shape}")
-    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"tokens must be integers 0..2, got dtype {arr.dtype}")
-    if arr.size and (arr.min() < 0 or arr.max() > 2):
-        raise ValueError("tokens must be canonical die values 0 (pass), 1 (fail), 2 (out)")
-    return np.ascontiguousarray(arr, dtype=np.int64)
-
-
-def _as_area(inputs: npt.ArrayLike, spec: InputSpec) -> npt.NDArray[np.float32]:
-    arr = np.asarray(inputs)
-    if arr.ndim != 4 or arr.shape[1:] != spec.shape:
-        raise ValueError(
-            f"inputs must have shape (B, {', '.join(map(str, spec.shape))}), got {arr.shape}"
-        )
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise ValueError(f"inputs must be fractions in [0, 1], got dtype {arr.dtype}")
-    if arr.size and not (arr.min() >= 0.0 and arr.max() <= 1.0):  # NaN fails too
-        raise ValueError("inputs must be fractions in [0, 1]")
-    return np.ascontiguousarray(arr, dtype=np.float32)
-
-
 def _check_interface(session: Any, manifest: ModelManifest) -> None:
     inputs = tuple(i.name for i in session.get_inputs())
     outputs = tuple(o.name for o in session.get_outputs())
     first = (manifest.input_name,)
     expected = ((*first, "y", "z"), _TRM_OUT) if manifest.kind == "trm" else (first, _CNN_OUT)
+    if manifest.kind == "cnn" and outputs == (*_CNN_OUT, FEATURES):
+        outputs = _CNN_OUT  # with its penultimate features exposed (cloud.export)
     if (inputs, outputs) != expected:
         raise ModelLoadError(
             f"a {manifest.kind} graph must map {expected[0]} to {expected[1]}, "

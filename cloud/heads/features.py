@@ -16,12 +16,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from cloud.export import penultimate
 from wafercore.dataset import WaferDataset
 from wafercore.model_input import build_input
 from wafercore.runtime import MANIFEST_FILE, MODEL_FILE, ModelManifest
-
-LOGITS = "logits"
-_LAST_LAYERS = ("Gemm", "MatMul")
 
 
 class BackboneError(ValueError):
@@ -62,19 +60,14 @@ def load_backbone(model_dir: Path, *, threads: int = 0) -> Backbone:
     if hashlib.sha256(graph).hexdigest() != manifest.onnx_sha256:
         raise BackboneError(f"{model_dir / MODEL_FILE} differs from its manifest's sha256")
     model = onnx.load_from_string(graph)
-    last = [n for n in model.graph.node if LOGITS in n.output and n.op_type in _LAST_LAYERS]
-    if not last:
-        raise BackboneError(f"{manifest.version}: no Gemm/MatMul makes the {LOGITS!r} output")
-    feature_name = last[0].input[0]
-    weights = {t.name: t for t in model.graph.initializer}
-    weight = weights.get(last[0].input[1])
-    if weight is None:
-        raise BackboneError(f"{manifest.version}: the last layer's weight is not a constant")
-    transposed = any(a.name == "transB" and a.i == 1 for a in last[0].attribute)
-    dim = int(weight.dims[1] if transposed else weight.dims[0])
-    model.graph.output.append(
-        onnx.helper.make_tensor_value_info(feature_name, onnx.TensorProto.FLOAT, None)
-    )
+    try:
+        feature_name, dim = penultimate(model)
+    except ValueError as exc:
+        raise BackboneError(f"{manifest.version}: {exc}") from None
+    if feature_name not in [o.name for o in model.graph.output]:
+        model.graph.output.append(
+            onnx.helper.make_tensor_value_info(feature_name, onnx.TensorProto.FLOAT, None)
+        )
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(

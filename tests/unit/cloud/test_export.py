@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import types
@@ -19,11 +20,14 @@ from cloud.export import (
     build_tensorrt,
     export_classifier_dir,
     export_trm_dir,
+    expose_features,
 )
 from cloud.models.trm import TinyRecursiveModel, TRMConfig
 from wafercore.classes import CLASS_NAMES, NUM_CLASSES
 from wafercore.encoding import TOKENS
+from wafercore.pipeline import classify_maps
 from wafercore.runtime import ModelLoadError, ModelManifest, ModelRuntime
+from wafercore.synthetic import generate_dataset
 
 TEMPERATURE = 1.5  # not 1, so a runtime that forgot it would fail parity
 
@@ -179,3 +183,30 @@ def test_tensorrt_without_a_gpu_says_so(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(TensorRTUnavailable, match="no CUDA GPU visible"):
         build_tensorrt(tmp_path / "m.onnx", tmp_path / "m.engine")
+
+
+def test_exposed_features_leave_the_logits_alone_and_feed_the_embedding(tmp_path: Path) -> None:
+    source = Path(__file__).resolve().parents[3] / "models" / "cnn-v2.0.0"
+    graph = (source / "model.onnx").read_bytes()
+    exposed = expose_features(graph)
+    with pytest.raises(ValueError, match="already"):
+        expose_features(exposed)
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(exposed)
+    manifest = json.loads((source / "model.json").read_text())
+    manifest["onnx_sha256"] = hashlib.sha256(exposed).hexdigest()
+    (folder / "model.json").write_text(json.dumps(manifest))
+    with_features, plain = ModelRuntime.load(folder), ModelRuntime.load(source)
+    assert with_features.output_names == ("logits", "features")
+    maps = list(generate_dataset(1, np.random.default_rng(4)).maps())
+    inputs = plain.prepare(maps)
+    a, b = plain.predict(inputs), with_features.predict(inputs)
+    np.testing.assert_array_equal(a.probabilities, b.probabilities)
+    assert a.features is None and b.features is not None and b.features.shape == (len(maps), 128)
+    # The node's embedding is those features at unit length (Euclidean distance ranks as cosine).
+    (first,) = classify_maps(with_features, maps[:1])
+    assert first.embedding is not None and len(first.embedding) == 128
+    assert np.linalg.norm(first.embedding) == pytest.approx(1.0, abs=1e-5)
+    expected = b.features[0] / np.linalg.norm(b.features[0])
+    np.testing.assert_allclose(first.embedding, expected, rtol=1e-5, atol=1e-6)
