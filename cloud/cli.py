@@ -263,6 +263,10 @@ main.add_command(rollout)
 main.add_command(drift)
 main.add_command(bench_heads)
 
+from cloud.evaluation.novelty_commands import novelty  # noqa: E402
+
+main.add_command(novelty)
+
 # The registry's commands live beside the registry (cloud.registry.commands).
 from cloud.registry.commands import models, registry  # noqa: E402
 

@@ -122,6 +122,7 @@ def evaluate_model(
 
     ``val_fraction`` and ``seed`` default to the ones the model was trained with (its
     manifest's data provenance), so the random protocol's test part is the one it never saw.
+    A model that ships a novelty model gets its section too (`novelty_report`, same folder).
     """
     runtime = ModelRuntime.load(model_dir, threads=2)
     manifest = runtime.manifest
@@ -171,4 +172,8 @@ def evaluate_model(
     )
     figures = write_plots(out_dir, report, part.grids, history=manifest.extra.get("history"))
     write_report(report, out_dir, figures=figures)
+    if runtime.novelty is not None:  # its own section: novelty.json, .md and plot
+        from cloud.evaluation.novelty_report import evaluate_novelty
+
+        evaluate_novelty(model_dir, data_path, out_dir, protocol=protocol, part=part, served=served)
     return report
