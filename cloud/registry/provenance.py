@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from wafercore.errors import InvalidInput
+from wafercore.novelty import NOVELTY_FILE, NOVELTY_MANIFEST_FILE
 from wafercore.runtime import MANIFEST_FILE, MODEL_FILE, ModelManifest
 
 REPORT_FILE = "report.json"
@@ -130,8 +131,10 @@ def report_metrics(report: Mapping[str, Any] | None) -> dict[str, float]:
 
 
 def files_to_store(model_dir: Path) -> list[Path]:
-    """The files of a model folder the registry keeps: graph, manifest, reports, figures, card."""
-    names = [MODEL_FILE, MANIFEST_FILE, REPORT_FILE, *DOCUMENT_FILES]
+    """The files of a model folder the registry keeps: graph, manifest, the novelty model beside
+    them (`wafercore.novelty`), reports, figures, card."""
+    names = [MODEL_FILE, MANIFEST_FILE, NOVELTY_FILE, NOVELTY_MANIFEST_FILE, REPORT_FILE]
+    names += DOCUMENT_FILES
     files = [model_dir / name for name in names if (model_dir / name).is_file()]
     figures = sorted(p for p in model_dir.glob(f"*{FIGURE_SUFFIX}") if p.is_file())
     return files + figures

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -252,6 +252,28 @@ def test_an_artifact_fetched_from_the_registry_verifies_and_loads_on_a_node(
     tampered.write_bytes(bytes(data))
     with pytest.raises(SignatureError):
         verify_artifact(tampered, signature, key_id, trusted)
+
+
+def test_a_novelty_model_travels_through_the_registry_to_a_node(
+    registry: ModelRegistry,
+    cloud_settings: CloudSettings,
+    tmp_path: Path,
+    novelty_model: Callable[..., Path],
+) -> None:
+    folder = novelty_model(tmp_path / "cnn-v9.1.0")
+    manifest = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps({**manifest, "version": "cnn-v9.1.0"}))
+    import_model_folder(registry, cloud_settings, folder, actor="test", reason="r", golden=GOLDEN)
+
+    downloaded = registry.download_model("cnn-v9.1.0", tmp_path / "download")
+    assert {"novelty.onnx", "novelty.json"} <= {p.name for p in downloaded.iterdir()}
+    unpacked = unpack_artifact(
+        registry.artifact("cnn-v9.1.0", tmp_path / "fetched"), tmp_path / "node"
+    )
+    runtime = ModelRuntime.load(unpacked)
+    golden = GoldenSet.load(unpacked / GOLDEN_FILE)
+    assert runtime.novelty is not None and golden.novelty is not None
+    check_golden(runtime, golden)
 
 
 def test_import_shipped_makes_the_default_model_champion_and_then_does_nothing(
