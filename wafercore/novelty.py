@@ -6,9 +6,8 @@ known patterns (``novelty.onnx``) and its manifest (``novelty.json``, a `Novelty
 carries both and a node always scores novelty with the VAE that was shipped with its classifier.
 
 The graph maps the VAE's own input ``x`` (B, 2, S, S) (`wafercore.model_input`, area fail and
-die fractions) to ``score`` (B,), the mean cross-entropy per die of its reconstruction less the
-binary entropy of the wafer's fail fraction (what a model that knows only the fail rate would
-pay; `cloud.models.vae.novelty`), ``heatmap`` (B, S, S), the cross-entropy per cell, and
+die fractions) to ``score`` (B,), the mean cross-entropy per die of its reconstruction
+(`cloud.models.vae.novelty`), ``heatmap`` (B, S, S), the cross-entropy per cell, and
 ``embedding`` (B, Z), the latent mean (the fab's similar-wafer search uses the classifier's
 penultimate features instead where the classifier exposes them: they retrieve better). A
 wafer whose score is above the manifest's ``threshold`` (calibrated on validation lots to

@@ -119,13 +119,10 @@ def test_score_flag_embedding_and_heatmap_agree(
     heatmap = model.heatmap(inputs)
     assert scored.score.shape == (5,) and scored.embedding.shape == (5, 4)
     assert heatmap.shape == (5, 64, 64)
-    # The score is the heatmap's mean over the wafer's die less the binary entropy of its fail
-    # rate; nothing off-wafer counts.
+    # The score is the heatmap's mean over the wafer's die; nothing off-wafer counts.
     die = inputs[:, 1]
-    rate = (inputs[:, 0] * die).sum(axis=(1, 2)) / die.sum(axis=(1, 2))
-    entropy = -(rate * np.log(rate) + (1 - rate) * np.log1p(-rate))
     np.testing.assert_allclose(
-        scored.score, heatmap.sum(axis=(1, 2)) / die.sum(axis=(1, 2)) - entropy, rtol=1e-4
+        scored.score, heatmap.sum(axis=(1, 2)) / die.sum(axis=(1, 2)), rtol=1e-4
     )
     assert np.all(heatmap[die == 0] == 0)
     # Novel means above the manifest's threshold; the same map always scores the same.
