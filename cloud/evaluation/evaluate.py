@@ -19,6 +19,7 @@ from cloud.evaluation.metrics import halted_predictions, macro_f1
 from cloud.evaluation.plots import write_plots
 from cloud.evaluation.report import build_report, write_report
 from cloud.training.data import Part, evaluation_part
+from wafercore.pipeline import classify_maps
 from wafercore.readers.npz import file_sha256
 from wafercore.runtime import ModelRuntime
 from wafercore.second_look import second_look
@@ -69,8 +70,9 @@ def serve_part(runtime: ModelRuntime, part: Part) -> Served:
 
 
 def measure_compute(model_dir: Path, part: Part, seed: int = 0) -> dict[str, Any]:
-    """Latency at batch 1 (p50/p90/p99, input building and halting included, one thread) and
-    throughput at batch 64, on raw maps of ``part``."""
+    """Latency at batch 1 (p50/p90/p99, one thread) and throughput at batch 64, on raw maps of
+    ``part``, through the node's own path (`wafercore.pipeline.classify_maps`): input building,
+    halting, the second look and the novelty model when the model has one."""
     runtime = ModelRuntime.load(model_dir, threads=1)
     rng = np.random.default_rng(seed)
     sample = rng.choice(len(part), size=min(LATENCY_SAMPLES, len(part)), replace=False)
@@ -78,7 +80,7 @@ def measure_compute(model_dir: Path, part: Part, seed: int = 0) -> dict[str, Any
     for i in sample:
         wafer = part.raw.map(int(i))
         started = time.perf_counter()
-        runtime.predict(runtime.prepare([wafer]))
+        classify_maps(runtime, [wafer])
         times.append((time.perf_counter() - started) * 1000)
     batches = [
         [part.raw.map(j) for j in range(i, min(i + THROUGHPUT_BATCH, len(part)))]
@@ -86,7 +88,7 @@ def measure_compute(model_dir: Path, part: Part, seed: int = 0) -> dict[str, Any
     ]
     started = time.perf_counter()
     for batch in batches:
-        runtime.predict(runtime.prepare(batch))
+        classify_maps(runtime, batch)
     elapsed = time.perf_counter() - started
     p50, p90, p99 = np.percentile(times, [50, 90, 99])
     return {
