@@ -117,7 +117,7 @@ def attach(classifier: Path, novelty_dir: Path, version: str, out: Path) -> None
 @novelty.command(
     "evaluate",
     help="Evaluate a model's novelty model on a data file's test lots (and an unlabelled "
-    "sample); writes novelty.json, novelty.md and novelty_scores.png.",
+    "sample); writes novelty_report.json, novelty_report.md and novelty_scores.png.",
 )
 @click.option(
     "--model",

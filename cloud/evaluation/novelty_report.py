@@ -1,4 +1,4 @@
-"""The novelty section of a model's evaluation (issue 14): ``novelty.json``, ``.md`` and a plot.
+"""The novelty section of a model's evaluation (issue 14): ``novelty_report.json``, ``.md``, a plot.
 
 For a classifier directory that ships a novelty model (`wafercore.novelty`), measured as a node
 runs it (the exported graph under ONNX Runtime, the manifest's threshold):
@@ -36,6 +36,8 @@ from wafercore.runtime import ModelRuntime
 if TYPE_CHECKING:
     pass
 
+REPORT_JSON, REPORT_MD = "novelty_report.json", "novelty_report.md"
+"""The report's files (never ``novelty.json``, the novelty model's manifest)."""
 QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)
 
 
@@ -126,8 +128,10 @@ def evaluate_novelty(
     part: Part | None = None,
     served: Served | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the novelty model shipped in ``model_dir``; writes ``novelty.json``,
-    ``novelty.md`` and ``novelty_scores.png`` into ``out`` and returns the report.
+    """Evaluate the novelty model shipped in ``model_dir``; writes ``novelty_report.json``,
+    ``novelty_report.md`` and ``novelty_scores.png`` into ``out`` and returns the report (not
+    ``novelty.json``: that is the novelty model's manifest, and ``out`` may be the model's own
+    folder).
 
     ``part`` and ``served`` (the test part and the classifier's served answers on it) spare
     `cloud.evaluation.evaluate.evaluate_model` computing them twice; without them they are
@@ -169,8 +173,8 @@ def evaluate_novelty(
         report["loco"] = loco_section(loco)
     out.mkdir(parents=True, exist_ok=True)
     figure = plot_scores(scores, part.labels, production, threshold, out / "novelty_scores.png")
-    (out / "novelty.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    (out / "novelty.md").write_text(render_markdown(report, figure.name))
+    (out / REPORT_JSON).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    (out / REPORT_MD).write_text(render_markdown(report, figure.name))
     return report
 
 
@@ -248,7 +252,7 @@ def _loco_lines(loco: Mapping[str, Any]) -> list[str]:
 
 
 def render_markdown(report: Mapping[str, Any], figure: str) -> str:
-    """``novelty.md``: the report's tables."""
+    """``novelty_report.md``: the report's tables."""
     mis, edge = report["misclassification"], report["edge"]
 
     def fmt(v: float | None) -> str:

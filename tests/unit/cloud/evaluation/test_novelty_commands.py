@@ -149,7 +149,11 @@ def test_evaluate_writes_the_report_and_refuses_a_model_without_novelty(
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "27 test wafers" in result.output
-    assert {p.name for p in out.iterdir()} == {"novelty.json", "novelty.md", "novelty_scores.png"}
+    assert {p.name for p in out.iterdir()} == {
+        "novelty_report.json",
+        "novelty_report.md",
+        "novelty_scores.png",
+    }
     args[3] = str(dirs["classifier"])
     refused = CliRunner().invoke(main, args)
     assert refused.exit_code == 1 and "no novelty model" in refused.output

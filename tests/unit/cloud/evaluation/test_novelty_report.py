@@ -98,9 +98,9 @@ def test_the_report_is_written_and_its_figures_are_the_runtimes(
 ) -> None:
     out = dirs["root"] / "report"
     assert set(report) == REPORT_KEYS
-    assert json.loads((out / "novelty.json").read_text()) == report
+    assert json.loads((out / "novelty_report.json").read_text()) == report
     assert (out / "novelty_scores.png").stat().st_size > 0
-    assert "Leave-one-class-out" in (out / "novelty.md").read_text()
+    assert "Leave-one-class-out" in (out / "novelty_report.md").read_text()
     assert report["model_version"] == "cnn-v0.0.1" and report["novelty_version"] == "vae-v0.0.1"
     part = evaluation_part(dirs["data"], "official", 0.1, 0)
     runtime = NoveltyRuntime.load(dirs["attached"])
@@ -139,10 +139,24 @@ def test_evaluate_adds_the_section_only_for_a_model_with_a_novelty_model(
 ) -> None:
     evaluate_model(dirs["attached"], dirs["data"], "official", tmp_path / "with")
     evaluate_model(dirs["plain"], dirs["data"], "official", tmp_path / "without")
-    with_novelty = json.loads((tmp_path / "with" / "novelty.json").read_text())
+    with_novelty = json.loads((tmp_path / "with" / "novelty_report.json").read_text())
     assert with_novelty["novelty_version"] == "vae-v0.0.1"
     assert with_novelty["unlabelled"] is None and with_novelty["loco"] is None
     assert (tmp_path / "with" / "report.json").is_file()
-    assert not (tmp_path / "without" / "novelty.json").exists()
+    assert not (tmp_path / "without" / "novelty_report.json").exists()
     with pytest.raises(ValueError, match="no novelty model"):
         evaluate_novelty(dirs["plain"], dirs["data"], tmp_path / "plain")
+
+
+def test_evaluating_into_the_model_s_own_folder_keeps_its_novelty_manifest(
+    dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Training evaluates into the model folder: the report must not replace novelty.json."""
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(dirs["attached"], folder)
+    manifest = (folder / "novelty.json").read_bytes()
+    evaluate_model(folder, dirs["data"], "official", folder)
+    assert (folder / "novelty.json").read_bytes() == manifest
+    assert NoveltyRuntime.load(folder).manifest.version == "vae-v0.0.1"
