@@ -120,6 +120,11 @@ def test_sign_in_then_work_the_queue_with_the_keyboard(
     expect(page.locator("#top-classes li")).to_have_count(3)
     # The lot's other wafers arrive after the page is shown.
     expect(page.locator("#lot-wafers")).not_to_contain_text("for its wafer gallery")
+    # So do the novelty heatmap (the default model ships a novelty model) and similar wafers.
+    novelty = page.locator("#novelty")
+    expect(novelty).to_contain_text("Similar past wafers")
+    expect(novelty.locator(".novelty-heat svg[role=img]")).to_be_visible()
+    expect(novelty.locator(".similar li").first).to_be_visible()
     keys_ready(page)
     screenshot(page, "review")
     assert_accessible(page)
