@@ -75,28 +75,39 @@ DEFAULT_CLASSIFIER = Path(__file__).resolve().parents[1] / "models" / "cnn-v2.0.
 
 
 @pytest.fixture(scope="session")
-def novelty_model() -> Callable[..., Path]:
+def novelty_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """Makes a model directory with a novelty model beside the classifier.
 
     Call it with the target folder (created), and optionally ``threshold=`` (the novelty
     manifest's; default 0.5) and ``size=`` (the VAE's input side; 64 shares the classifier's
-    input). The VAE is small and untrained but seeded: the same call gives the same graph.
+    input). The VAE is small and untrained but seeded: the same call gives the same graph, so
+    each (threshold, size) is exported once per session and copied.
     """
+    exported: dict[tuple[float, int], Path] = {}
 
     def make(target: Path, *, threshold: float = 0.5, size: int = 64) -> Path:
-        import torch  # the cloud tier's: imported only by the tests that build a model
-
-        from cloud.export import export_novelty_dir
-        from cloud.models.vae import VAEConfig, WaferVAE
-
-        target.mkdir(parents=True, exist_ok=True)
-        for name in ("model.onnx", "model.json"):
-            shutil.copy(DEFAULT_CLASSIFIER / name, target / name)
-        torch.manual_seed(0)
-        vae = WaferVAE(VAEConfig(size=size, channels=(4, 8), latent=4)).eval()
-        export_novelty_dir(
-            vae, target, version="vae-v0.0.1", threshold=threshold, false_alarm_rate=0.01
-        )
+        key = (threshold, size)
+        if key not in exported:
+            exported[key] = _export_novelty_model(
+                tmp_path_factory.mktemp("novelty-model"), threshold, size
+            )
+        shutil.copytree(exported[key], target, dirs_exist_ok=True)
         return target
 
     return make
+
+
+def _export_novelty_model(target: Path, threshold: float, size: int) -> Path:
+    import torch  # the cloud tier's: imported only by the tests that build a model
+
+    from cloud.export import export_novelty_dir
+    from cloud.models.vae import VAEConfig, WaferVAE
+
+    for name in ("model.onnx", "model.json"):
+        shutil.copy(DEFAULT_CLASSIFIER / name, target / name)
+    torch.manual_seed(0)
+    vae = WaferVAE(VAEConfig(size=size, channels=(4, 8), latent=4)).eval()
+    export_novelty_dir(
+        vae, target, version="vae-v0.0.1", threshold=threshold, false_alarm_rate=0.01
+    )
+    return target
