@@ -209,17 +209,23 @@ class NoveltyRuntime:
     def score(self, inputs: npt.NDArray[np.float32]) -> NoveltyResult:
         """Score, flag and embed a batch of prepared inputs (B, 2, S, S)."""
         score, embedding = self._session.run(["score", "embedding"], {"x": self._check(inputs)})
-        score = np.asarray(score, dtype=np.float32)
+        return self._result(score, embedding)
+
+    def score_with_heatmap(
+        self, inputs: npt.NDArray[np.float32]
+    ) -> tuple[NoveltyResult, npt.NDArray[np.float32]]:
+        """`score`'s result and the per-cell reconstruction error (B, S, S), zero outside the
+        wafer, from one run of the graph."""
+        score, heatmap, embedding = self._session.run(list(OUTPUTS), {"x": self._check(inputs)})
+        return self._result(score, embedding), np.asarray(heatmap, dtype=np.float32)
+
+    def _result(self, score: Any, embedding: Any) -> NoveltyResult:
+        scores = np.asarray(score, dtype=np.float32)
         return NoveltyResult(
-            score=score,
-            novel=score > np.float32(self._manifest.threshold),
+            score=scores,
+            novel=scores > np.float32(self._manifest.threshold),
             embedding=np.asarray(embedding, dtype=np.float32),
         )
-
-    def heatmap(self, inputs: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Per-cell reconstruction error (B, S, S); zero outside the wafer."""
-        (heatmap,) = self._session.run(["heatmap"], {"x": self._check(inputs)})
-        return np.asarray(heatmap, dtype=np.float32)
 
     def _check(self, inputs: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         shape = self._manifest.input.shape

@@ -203,9 +203,7 @@ async def heatmap(
     stored = result.wafer_map
     wafer = np.frombuffer(stored.values, dtype=np.uint8).reshape(stored.rows, stored.cols)
     inputs = await asyncio.to_thread(model.prepare, [wafer])
-    cells, scored = await asyncio.gather(
-        asyncio.to_thread(model.heatmap, inputs), asyncio.to_thread(model.score, inputs)
-    )
+    scored, cells = await asyncio.to_thread(model.score_with_heatmap, inputs)
     per_die = die_heatmap(wafer, cells[0], inputs[0, 1])
     return Heatmap(
         result=result,

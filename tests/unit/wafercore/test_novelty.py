@@ -116,7 +116,8 @@ def test_score_flag_embedding_and_heatmap_agree(
     model = NoveltyRuntime.load(folder)
     inputs = model.prepare(_maps(5))
     scored = model.score(inputs)
-    heatmap = model.heatmap(inputs)
+    with_heatmap, heatmap = model.score_with_heatmap(inputs)
+    np.testing.assert_array_equal(with_heatmap.score, scored.score)
     assert scored.score.shape == (5,) and scored.embedding.shape == (5, 4)
     assert heatmap.shape == (5, 64, 64)
     # The score is the heatmap's mean over the wafer's die; nothing off-wafer counts.
