@@ -150,6 +150,62 @@ def evaluate(
 
 
 @main.command(
+    "pseudo-label",
+    help="Label the unlabelled production maps with a teacher model, keep the confident ones "
+    "(at most --max-per-class per class) and write them for a config's `pseudo` section.",
+)
+@model_dir_option
+@click.option(
+    "--unlabelled",
+    "unlabelled_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="npz file of unlabelled maps (WM-811K's unlabelled.npz).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write them; default pseudo/<teacher version>.npz in the work dir "
+    "(what a config's `pseudo.labels: pseudo/<version>.npz` reads).",
+)
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=0.9)
+@click.option("--max-per-class", type=click.IntRange(min=1), default=None)
+@click.option(
+    "--look-below",
+    type=click.FloatRange(0, 1),
+    default=0.95,
+    help="Average the eight views of maps whose first-pass confidence is below this.",
+)
+@click.pass_obj
+def pseudo_label_command(
+    settings: CloudSettings,
+    model_dir: Path,
+    unlabelled_path: Path,
+    out: Path | None,
+    threshold: float,
+    max_per_class: int | None,
+    look_below: float,
+) -> None:
+    """Write the pseudo-label file and print what it kept per class."""
+    from cloud.training.pseudo import pseudo_label
+    from wafercore.classes import CLASS_NAMES
+
+    labels = pseudo_label(
+        model_dir,
+        unlabelled_path,
+        threshold=threshold,
+        max_per_class=max_per_class,
+        look_below=look_below,
+        threads=settings.torch_threads,
+    )
+    out = labels.save(out or settings.work_dir / "pseudo" / f"{labels.teacher}.npz")
+    kept = ", ".join(
+        f"{name} {n:,}" for name, n in zip(CLASS_NAMES, labels.class_counts(), strict=True)
+    )
+    click.echo(f"{len(labels.index):,} maps kept by {labels.teacher} ({kept}); written to {out}")
+
+
+@main.command(
     help="Choose the default model: the best validation macro-F1 within the edge's budget."
 )
 @click.option(

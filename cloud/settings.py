@@ -238,6 +238,10 @@ class CloudSettings(BaseSettings):
                 env[f"CLOUD_{name.upper()}"] = str(value)
         return env
 
+    def resolve_work(self, path: Path) -> Path:
+        """A file the cloud made itself (pseudo-labels): absolute as given, else in ``work_dir``."""
+        return path if path.is_absolute() else self.work_dir / path
+
     def resolve_data(self, path: Path) -> Path:
         """A config's data path: absolute as given, else relative to ``data_dir``."""
         if path.is_absolute() or self.data_dir is None:

@@ -90,6 +90,28 @@ class WaferDataset:
         )
 
     @classmethod
+    def concat(cls, parts: Sequence[WaferDataset], *, source: str = "") -> WaferDataset:
+        """One dataset holding the rows of ``parts`` in order (values copied)."""
+        if not parts:
+            raise ValueError("concat needs at least one dataset")
+        sizes = [int(p.offsets[-1]) for p in parts]
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        offsets = np.concatenate(
+            [[0]] + [p.offsets[1:] + start for p, start in zip(parts, starts, strict=True)]
+        ).astype(np.int64)
+        return cls(
+            values=np.concatenate([p.values for p in parts]),
+            offsets=offsets,
+            shapes=np.concatenate([p.shapes for p in parts]).astype(np.int32),
+            labels=np.concatenate([p.labels for p in parts]).astype(np.int64),
+            split=np.concatenate([p.split.astype(np.str_) for p in parts]),
+            lot=np.concatenate([p.lot.astype(np.str_) for p in parts]),
+            wafer_index=np.concatenate([p.wafer_index for p in parts]),
+            die_size=np.concatenate([p.die_size for p in parts]),
+            source=source or parts[0].source,
+        )
+
+    @classmethod
     def from_maps(
         cls,
         maps: Sequence[npt.NDArray[np.integer[Any]]],

@@ -177,6 +177,21 @@ class SemiConfig(_Strict):
     )
 
 
+class PseudoConfig(_Strict):
+    """Self-training: maps of the unlabelled stream with a teacher's classes as labels.
+
+    ``labels`` is a file of `wafer-cloud pseudo-label` (made on ``path``; relative to the
+    cloud's work dir, where that command writes it by default); the run keeps its
+    maps whose confidence reaches ``threshold``, at most ``max_per_class`` per class (the most
+    confident), and trains on them beside the labelled training maps.
+    """
+
+    labels: Path
+    path: Path = Path("unlabelled.npz")
+    threshold: float = Field(default=0.9, gt=0, le=1)
+    max_per_class: int | None = Field(default=None, ge=1)
+
+
 class TrainConfig(_Strict):
     """One training run."""
 
@@ -194,6 +209,7 @@ class TrainConfig(_Strict):
     optim: OptimConfig = OptimConfig()
     augment: AugmentConfig = AugmentConfig()
     semi: SemiConfig | None = None
+    pseudo: PseudoConfig | None = None
 
     @model_validator(mode="after")
     def _vae_reads_area(self) -> TrainConfig:
@@ -205,6 +221,8 @@ class TrainConfig(_Strict):
             )
         if self.kind == "vae" and self.semi is not None:
             raise ValueError("semi is for classifiers; a vae learns the known patterns only")
+        if self.kind in ("vae", "rules") and self.pseudo is not None:
+            raise ValueError(f"pseudo is for trained classifiers, not a {self.kind}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -11,9 +11,12 @@ from cloud.training.config import TrainConfig
 from cloud.training.data import PreparedData, load_unlabelled, prepare
 from cloud.training.distributed import SINGLE_PROCESS, DistributedContext, process_group
 from cloud.training.finalize import finalize
+from cloud.training.pseudo import PseudoLabels
 from cloud.training.rules_baseline import run_rules
 from cloud.training.trainer import BEST, pick_device, train
 from cloud.training.vae import finalize_vae, train_vae
+from wafercore.dataset import WaferDataset
+from wafercore.readers.npz import file_sha256, read_npz
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +49,18 @@ def run_training(
     if config.kind == "rules":
         if distributed.enabled:
             raise ValueError("the rules baseline trains in one process; run it without torchrun")
-        run_rules(config, _load(config, settings), model_dir)
+        run_rules(config, load_data(config, settings), model_dir)
         return model_dir
     if config.kind == "vae":
         if distributed.enabled:
             raise ValueError("the novelty VAE trains in one process; run it without torchrun")
-        data = _load(config, settings)
+        data = load_data(config, settings)
         train_vae(config, data, run_dir, resume=resume)
         finalize_vae(run_dir / BEST, data.val, model_dir)
         return model_dir
     with process_group(distributed, pick_device(config.device)) as replicas:
         with replicas.main_first():  # one process fills the preprocessing cache
-            data = _load(config, settings)
+            data = load_data(config, settings)
         result = train(config, data, run_dir, resume=resume, replicas=replicas)
     if not distributed.is_main:
         return model_dir
@@ -75,7 +78,7 @@ def run_training(
     return model_dir
 
 
-def _load(config: TrainConfig, settings: CloudSettings) -> PreparedData:
+def load_data(config: TrainConfig, settings: CloudSettings) -> PreparedData:
     """The config's data, split and preprocessed, with its unlabelled stream if it has one."""
     data_path = settings.resolve_data(config.data.path)
     data = prepare(config.data, data_path, settings.cache_dir, config.seed)
@@ -83,5 +86,26 @@ def _load(config: TrainConfig, settings: CloudSettings) -> PreparedData:
         data.unlabelled, data.provenance["unlabelled"] = load_unlabelled(
             settings.resolve_data(config.semi.path), config.semi.limit, config.seed
         )
+    if config.pseudo is not None:
+        _add_pseudo(data, config, settings)
     log.info("data: %s", data.provenance["n"])
     return data
+
+
+def _add_pseudo(data: PreparedData, config: TrainConfig, settings: CloudSettings) -> None:
+    """Append the config's pseudo-labelled maps to the training maps (self-training)."""
+    assert config.pseudo is not None
+    labels = PseudoLabels.load(settings.resolve_work(config.pseudo.labels)).kept(
+        threshold=config.pseudo.threshold, max_per_class=config.pseudo.max_per_class
+    )
+    path = settings.resolve_data(config.pseudo.path)
+    stream = read_npz(path)
+    pseudo = labels.dataset(stream, file_sha256(path))
+    data.train_raw = WaferDataset.concat([data.train_raw, pseudo])
+    data.provenance["pseudo"] = {
+        "teacher": labels.teacher,
+        "path": str(path),
+        "sha256": labels.source_sha256,
+        "class_counts": labels.class_counts(),
+    }
+    log.info("self-training on %d maps labelled by %s", len(pseudo), labels.teacher)

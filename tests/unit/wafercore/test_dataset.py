@@ -40,6 +40,19 @@ def test_subset_copies_rows_in_the_given_order() -> None:
     assert ds.map(2).max() == 0, "a subset must not share memory with its parent"
 
 
+def test_concat_keeps_every_row_of_every_part_in_order() -> None:
+    first = WaferDataset.from_maps(_maps(), labels=[1, 2, 0], lot=["a", "b", "c"])
+    second = WaferDataset.from_maps(_maps()[::-1], labels=[3, 4, 5], lot=["x", "yy", "z"])
+    both = WaferDataset.concat([first.subset(np.array([2, 1])), second])
+    assert both.labels.tolist() == [0, 2, 3, 4, 5]
+    assert both.lot.tolist() == ["c", "b", "x", "yy", "z"]
+    expected = [_maps()[2], _maps()[1], *_maps()[::-1]]
+    for i, m in enumerate(expected):
+        assert np.array_equal(both.map(i), m)
+    with pytest.raises(ValueError, match="at least one"):
+        WaferDataset.concat([])
+
+
 def test_inconsistent_lengths_name_the_field() -> None:
     ds = WaferDataset.from_maps(_maps())
     with pytest.raises(ValueError, match="labels must have 3 entries"):
