@@ -88,7 +88,7 @@ def _train_here(
     settings: CloudSettings, config_path: Path, run_dir: Path | None, out: Path | None, resume: bool
 ) -> None:
     from cloud.training.config import load_config
-    from cloud.training.pipeline import run_training
+    from cloud.training.pipeline import TrainingDataError, run_training
 
     if not config_path.is_file():
         raise click.BadParameter(f"file {str(config_path)!r} does not exist", param_hint="--config")
@@ -109,9 +109,12 @@ def _train_here(
     if not distributed.is_main:  # rank 0 alone logs
         logging.getLogger().setLevel(logging.WARNING)
     run_dir = run_dir or settings.work_dir / "runs" / config.version
-    model_dir = run_training(
-        config, settings, run_dir, out=out, resume=resume, distributed=distributed
-    )
+    try:
+        model_dir = run_training(
+            config, settings, run_dir, out=out, resume=resume, distributed=distributed
+        )
+    except TrainingDataError as err:
+        raise click.ClickException(str(err)) from None
     if distributed.is_main:
         click.echo(f"model written to {model_dir}")
 

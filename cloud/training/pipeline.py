@@ -21,6 +21,10 @@ from wafercore.readers.npz import file_sha256, read_npz
 log = logging.getLogger(__name__)
 
 
+class TrainingDataError(ValueError):
+    """A config's data cannot be used as it stands; the message names the config field."""
+
+
 def run_training(
     config: TrainConfig,
     settings: CloudSettings,
@@ -81,6 +85,8 @@ def run_training(
 def load_data(config: TrainConfig, settings: CloudSettings) -> PreparedData:
     """The config's data, split and preprocessed, with its unlabelled stream if it has one."""
     data_path = settings.resolve_data(config.data.path)
+    if not data_path.is_file():
+        raise TrainingDataError(f"data.path: no file {data_path}")
     data = prepare(config.data, data_path, settings.cache_dir, config.seed)
     if config.semi is not None:
         data.unlabelled, data.provenance["unlabelled"] = load_unlabelled(
@@ -95,12 +101,21 @@ def load_data(config: TrainConfig, settings: CloudSettings) -> PreparedData:
 def _add_pseudo(data: PreparedData, config: TrainConfig, settings: CloudSettings) -> None:
     """Append the config's pseudo-labelled maps to the training maps (self-training)."""
     assert config.pseudo is not None
-    labels = PseudoLabels.load(settings.resolve_work(config.pseudo.labels)).kept(
-        threshold=config.pseudo.threshold, max_per_class=config.pseudo.max_per_class
-    )
+    labels_path = settings.resolve_work(config.pseudo.labels)
     path = settings.resolve_data(config.pseudo.path)
-    stream = read_npz(path)
-    pseudo = labels.dataset(stream, file_sha256(path))
+    if not labels_path.is_file():
+        raise TrainingDataError(
+            f"pseudo.labels: no file {labels_path} (make it with `wafer-cloud pseudo-label`)"
+        )
+    if not path.is_file():
+        raise TrainingDataError(f"pseudo.path: no file {path}")
+    try:
+        labels = PseudoLabels.load(labels_path).kept(
+            threshold=config.pseudo.threshold, max_per_class=config.pseudo.max_per_class
+        )
+        pseudo = labels.dataset(read_npz(path), file_sha256(path))
+    except ValueError as err:
+        raise TrainingDataError(f"pseudo.labels: {err}") from None
     data.train_raw = WaferDataset.concat([data.train_raw, pseudo])
     data.provenance["pseudo"] = {
         "teacher": labels.teacher,

@@ -197,3 +197,23 @@ def test_pseudo_labels_are_for_classifiers() -> None:
         TrainConfig.model_validate(
             {"kind": "rules", "version": "rules-v0.0.1", "pseudo": {"labels": "p.npz"}}
         )
+
+
+def test_training_names_the_pseudo_field_when_its_file_is_missing_or_foreign(
+    stream: Path, tmp_path: Path
+) -> None:
+    labelled = tmp_path / "labelled.npz"
+    write_npz(generate_dataset(2, np.random.default_rng(4), sizes=(20, 30)), labelled)
+    config = tmp_path / "self.yaml"
+    config.write_text(
+        "kind: cnn\nversion: cnn-v0.0.9\n"
+        f"data: {{path: {labelled}, protocol: random, val_fraction: 0.2}}\n"
+        f"pseudo: {{labels: pseudo/none.npz, path: {stream}}}\n"
+    )
+    env = {"CLOUD_WORK_DIR": str(tmp_path / "work")}
+    done = CliRunner().invoke(main, ["train", "--config", str(config)], env=env)
+    assert done.exit_code == 1 and "pseudo.labels: no file" in done.output
+    assert "Traceback" not in done.output
+    _labels().save(tmp_path / "work" / "pseudo" / "none.npz")  # made on another file
+    done = CliRunner().invoke(main, ["train", "--config", str(config)], env=env)
+    assert done.exit_code == 1 and "pseudo.labels: pseudo-labels were made on" in done.output
