@@ -239,6 +239,48 @@ def champion(model_dirs: tuple[Path, ...]) -> None:
     click.echo(f"champion: {chosen.version} ({chosen.path})")
 
 
+@main.command(
+    help="Average several classifiers of one input into one model directory (a candidate for "
+    "`champion`), calibrated on their validation lots and evaluated on the test lots."
+)
+@click.option(
+    "--model",
+    "model_dirs",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Member model directory (two or more).",
+)
+@click.option("--version", required=True, help="The ensemble's version (cnn-vX.Y.Z).")
+@click.option(
+    "--data",
+    "data_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="The npz file the members were trained on.",
+)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.pass_obj
+def ensemble(
+    settings: CloudSettings, model_dirs: tuple[Path, ...], version: str, data_path: Path, out: Path
+) -> None:
+    """Build, calibrate and evaluate an ensemble."""
+    from cloud.evaluation.evaluate import evaluate_model
+    from cloud.training.ensemble import build_ensemble, members_validation
+
+    try:
+        val = members_validation(model_dirs, data_path, settings.cache_dir)
+        extra = build_ensemble(model_dirs, version, val, out)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    report = evaluate_model(out, data_path, extra["data"]["protocol"], out)
+    click.echo(
+        f"{version} ({' + '.join(extra['ensemble']['members'])}): validation macro-F1 "
+        f"{extra['validation']['macro_f1_halted']:.4f}, test macro-F1 {report['macro_f1']:.4f}, "
+        f"{report['gflops_per_wafer']:.3f} GFLOP/wafer; written to {out}"
+    )
+
+
 @main.command(help="Build a TensorRT engine from a model directory (needs an NVIDIA GPU).")
 @model_dir_option
 @click.option("--tensorrt", is_flag=True, required=True, help="Build the TensorRT engine.")

@@ -107,6 +107,13 @@ def finalize(checkpoint: Path, val: Part, out_dir: Path) -> dict[str, Any]:
     else:
         extra["gflops_per_step"] = cnn_flops(model.config) / 1e9
         export_classifier_dir(model, out_dir, version=version, extra=extra, input_spec=spec)
+    return calibrate(out_dir, val, extra)
+
+
+def calibrate(out_dir: Path, val: Part, extra: dict[str, Any]) -> dict[str, Any]:
+    """Tune a model directory's halting, temperature and second look on ``val`` and write them
+    to its manifest, with ``extra`` (which must hold ``gflops_per_step``) and the validation
+    figures; returns the new ``extra``."""
     runtime = ModelRuntime.load(out_dir, threads=2)
     probs, halt = predict_part(runtime, val)
     threshold, sweep = tune_halt_threshold(probs, halt, val.labels)
