@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from cloud.evaluation.evaluate import evaluate_model
 from cloud.settings import CloudSettings
 from cloud.training.config import TrainConfig
@@ -15,6 +17,7 @@ from cloud.training.pseudo import PseudoLabels
 from cloud.training.rules_baseline import run_rules
 from cloud.training.trainer import BEST, pick_device, train
 from cloud.training.vae import finalize_vae, train_vae
+from wafercore.classes import NUM_CLASSES
 from wafercore.dataset import WaferDataset
 from wafercore.readers.npz import file_sha256, read_npz
 
@@ -89,8 +92,11 @@ def load_data(config: TrainConfig, settings: CloudSettings) -> PreparedData:
         raise TrainingDataError(f"data.path: no file {data_path}")
     data = prepare(config.data, data_path, settings.cache_dir, config.seed)
     if config.semi is not None:
-        data.unlabelled, data.provenance["unlabelled"] = load_unlabelled(
+        stream, data.provenance["unlabelled"] = load_unlabelled(
             settings.resolve_data(config.semi.path), config.semi.limit, config.seed
+        )
+        data.unlabelled, data.provenance["unlabelled"]["dropped_judged_lots"] = (
+            _outside_judged_lots(stream, data)
         )
     if config.pseudo is not None:
         _add_pseudo(data, config, settings)
@@ -116,11 +122,28 @@ def _add_pseudo(data: PreparedData, config: TrainConfig, settings: CloudSettings
         pseudo = labels.dataset(read_npz(path), file_sha256(path))
     except ValueError as err:
         raise TrainingDataError(f"pseudo.labels: {err}") from None
+    pseudo, dropped = _outside_judged_lots(pseudo, data)
     data.train_raw = WaferDataset.concat([data.train_raw, pseudo])
     data.provenance["pseudo"] = {
         "teacher": labels.teacher,
         "path": str(path),
         "sha256": labels.source_sha256,
-        "class_counts": labels.class_counts(),
+        "class_counts": np.bincount(pseudo.labels, minlength=NUM_CLASSES).tolist(),
+        "dropped_judged_lots": dropped,
     }
-    log.info("self-training on %d maps labelled by %s", len(pseudo), labels.teacher)
+    log.info(
+        "self-training on %d maps labelled by %s (%d of validation or test lots left out)",
+        len(pseudo),
+        labels.teacher,
+        dropped,
+    )
+
+
+def _outside_judged_lots(stream: WaferDataset, data: PreparedData) -> tuple[WaferDataset, int]:
+    """The maps of ``stream`` from lots the run is not judged on, and how many were left out.
+
+    A validation or test lot lends a run no maps, labelled or not: its unlabelled wafers would
+    teach the model that very lot, and held-back test lots have none in the stream.
+    """
+    judged = np.isin(stream.lot, np.union1d(data.val.raw.lot, data.test.raw.lot))
+    return stream.subset(np.flatnonzero(~judged)), int(judged.sum())

@@ -39,9 +39,11 @@ def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def stream(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An unlabelled npz file of 45 synthetic maps (5 per class, labels removed)."""
+    """An unlabelled npz file of 45 synthetic maps (5 per class, labels removed): the first 20
+    of a lot of their own, the others of lot SYN-0, which the labelled files below also have."""
     dataset = generate_dataset(5, np.random.default_rng(3), sizes=(20, 40))
     dataset.labels[:] = UNLABELLED
+    dataset.lot = np.where(np.arange(len(dataset)) < 20, "U-1", "SYN-0")
     path = tmp_path_factory.mktemp("stream") / "unlabelled.npz"
     write_npz(dataset, path)
     return path
@@ -149,26 +151,23 @@ def test_pseudo_label_command_feeds_a_self_training_run(
     teacher_dir: Path, stream: Path, tmp_path: Path
 ) -> None:
     env = {"CLOUD_WORK_DIR": str(tmp_path / "work"), "CLOUD_DATA_DIR": str(stream.parent)}
+    args = ["pseudo-label", "--model", str(teacher_dir), "--unlabelled", str(stream)]
+    capped = tmp_path / "capped.npz"
     done = CliRunner().invoke(
-        main,
-        [
-            "pseudo-label",
-            "--model",
-            str(teacher_dir),
-            "--unlabelled",
-            str(stream),
-            "--threshold",
-            "0.05",
-            "--max-per-class",
-            "4",
-        ],
-        env=env,
+        main, [*args, "--threshold", "0.05", "--max-per-class", "4", "--out", str(capped)], env=env
     )
+    assert done.exit_code == 0, done.output
+    assert (
+        0 < len(PseudoLabels.load(capped).index)
+        and max(PseudoLabels.load(capped).class_counts()) <= 4
+    )
+    # Nine classes: the top probability is at least 1/9, so a 0.05 bar keeps every map.
+    done = CliRunner().invoke(main, [*args, "--threshold", "0.05"], env=env)
     assert done.exit_code == 0, done.output
     written = tmp_path / "work" / "pseudo" / "cnn-v0.0.7.npz"
     labels = PseudoLabels.load(written)
-    assert str(written) in done.output and f"{len(labels.index)} maps kept" in done.output
-    assert 0 < len(labels.index) and max(labels.class_counts()) <= 4
+    assert str(written) in done.output and "45 maps kept" in done.output
+    assert labels.index.tolist() == list(range(45))
     assert labels.source_sha256 == file_sha256(stream)
 
     labelled = tmp_path / "labelled.npz"
@@ -178,18 +177,19 @@ def test_pseudo_label_command_feeds_a_self_training_run(
             "kind": "cnn",
             "version": "cnn-v0.0.8",
             "data": {"path": str(labelled), "protocol": "random", "val_fraction": 0.2},
-            "pseudo": {"labels": "pseudo/cnn-v0.0.7.npz", "threshold": 0.05, "max_per_class": 2},
+            "pseudo": {"labels": "pseudo/cnn-v0.0.7.npz", "threshold": 0.05},
         }
     )
     settings = CloudSettings(work_dir=tmp_path / "work", data_dir=stream.parent)
     data = load_data(config, settings)
     without = load_data(config.model_copy(update={"pseudo": None}), settings)
+    assert "SYN-0" in data.val.raw.lot or "SYN-0" in data.test.raw.lot
     added = len(data.train_raw) - len(without.train_raw)
-    expected = labels.kept(threshold=0.05, max_per_class=2)
-    assert added == len(expected.index) > 0
-    assert data.train_raw.labels[-added:].tolist() == expected.label.tolist()
+    assert added == 20  # the 25 maps of lot SYN-0, which the run is judged on, stay out
+    assert data.train_raw.labels[-added:].tolist() == labels.label[:20].tolist()
+    assert set(data.train_raw.lot[-added:]) == {"U-1"}
     assert data.provenance["pseudo"]["teacher"] == "cnn-v0.0.7"
-    assert data.provenance["pseudo"]["class_counts"] == expected.class_counts()
+    assert data.provenance["pseudo"]["dropped_judged_lots"] == 25
 
 
 def test_pseudo_labels_are_for_classifiers() -> None:
