@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
 from cloud.settings import CloudSettings
+
+FC = TypeVar("FC", bound=Callable[..., object])
 
 model_dir_option = click.option(
     "--model",
@@ -16,6 +20,18 @@ model_dir_option = click.option(
     required=True,
     help="Model directory (model.onnx + model.json).",
 )
+
+
+def model_dirs_option(help_text: str) -> Callable[[FC], FC]:
+    """``--model`` given once per model directory (``model_dirs``, a tuple of paths)."""
+    return click.option(
+        "--model",
+        "model_dirs",
+        multiple=True,
+        required=True,
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        help=help_text,
+    )
 
 
 @click.group(help="Cloud tier: training, evaluation, model registry, drift detection and rollouts.")
@@ -211,14 +227,7 @@ def pseudo_label_command(
 @main.command(
     help="Choose the default model: the best validation macro-F1 within the edge's budget."
 )
-@click.option(
-    "--model",
-    "model_dirs",
-    multiple=True,
-    required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Candidate model directory, evaluated (repeatable).",
-)
+@model_dirs_option("Candidate model directory, evaluated (repeatable).")
 def champion(model_dirs: tuple[Path, ...]) -> None:
     """Print every candidate, best first, and the one to ship."""
     from cloud.evaluation.champion import choose_champion
@@ -243,14 +252,7 @@ def champion(model_dirs: tuple[Path, ...]) -> None:
     help="Average several classifiers of one input into one model directory (a candidate for "
     "`champion`), calibrated on their validation lots and evaluated on the test lots."
 )
-@click.option(
-    "--model",
-    "model_dirs",
-    multiple=True,
-    required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Member model directory (two or more).",
-)
+@model_dirs_option("Member model directory (two or more).")
 @click.option("--version", required=True, help="The ensemble's version (cnn-vX.Y.Z).")
 @click.option(
     "--data",

@@ -111,3 +111,58 @@ def _export_novelty_model(target: Path, threshold: float, size: int) -> Path:
         vae, target, version="vae-v0.0.1", threshold=threshold, false_alarm_rate=0.01
     )
     return target
+
+
+@pytest.fixture(scope="session")
+def area_classifier() -> Callable[..., Path]:
+    """Makes a model directory of a tiny untrained CNN (kind ``cnn``) on an area input.
+
+    Call it with the target folder (created) and optionally ``version=``, ``seed=`` (of its
+    weights), ``size=`` (the input's side, 16 by default), ``pooled=`` (global average pooling
+    before the linear layer; False keeps each cell's position, so the eight views of a map get
+    different answers), ``features=`` (expose the penultimate features), ``temperature=`` and
+    ``extra=`` (the manifest's).
+    """
+
+    def make(
+        target: Path,
+        *,
+        version: str = "cnn-v0.0.1",
+        seed: int = 0,
+        size: int = 16,
+        pooled: bool = True,
+        features: bool = False,
+        temperature: float = 1.0,
+        extra: dict[str, object] | None = None,
+    ) -> Path:
+        import torch  # the cloud tier's: imported only by the tests that build a model
+
+        from cloud.export import export_classifier, expose_features, write_model_dir
+        from wafercore.classes import NUM_CLASSES
+        from wafercore.model_input import InputSpec
+
+        spec = InputSpec(size=size, resample="area", channels=("fail", "die"))
+        torch.manual_seed(seed)
+        head = (
+            [torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, NUM_CLASSES)]
+            if pooled
+            else [torch.nn.Flatten(), torch.nn.Linear(4 * size * size, NUM_CLASSES)]
+        )
+        model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1), *head).eval()
+        target.mkdir(parents=True, exist_ok=True)
+        graph = target / "model.onnx"
+        export_classifier(model, graph, input_spec=spec)
+        if features:
+            graph.write_bytes(expose_features(graph.read_bytes()))
+        write_model_dir(
+            target,
+            graph,
+            version=version,
+            kind="cnn",
+            temperature=temperature,
+            input_spec=spec,
+            extra=extra,
+        )
+        return target
+
+    return make

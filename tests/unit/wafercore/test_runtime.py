@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -170,21 +171,11 @@ AREA = InputSpec(size=16, resample="area", channels=("fail", "die"))
 
 
 @pytest.fixture(scope="module")
-def area_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch = pytest.importorskip("torch")
-    from cloud.export import export_classifier, write_model_dir
-
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(2, 4, 3, padding=1),
-        torch.nn.AdaptiveAvgPool2d(1),
-        torch.nn.Flatten(),
-        torch.nn.Linear(4, NUM_CLASSES),
-    ).eval()
-    out = tmp_path_factory.mktemp("area")
-    export_classifier(model, out / "model.onnx", input_spec=AREA)
-    write_model_dir(out, out / "model.onnx", version="cnn-v0.0.1", kind="cnn", input_spec=AREA)
-    return out
+def area_model_dir(
+    tmp_path_factory: pytest.TempPathFactory, area_classifier: Callable[..., Path]
+) -> Path:
+    pytest.importorskip("torch")
+    return area_classifier(tmp_path_factory.mktemp("area"))
 
 
 def test_a_model_that_declares_an_area_input_is_fed_it(area_model_dir: Path) -> None:

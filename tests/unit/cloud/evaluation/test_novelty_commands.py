@@ -5,6 +5,7 @@ to `run_loco`."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,10 @@ from click.testing import CliRunner
 
 from cloud.cli import main
 from cloud.evaluation import loco as loco_module
-from cloud.export import export_classifier, export_novelty_dir, write_model_dir
+from cloud.export import export_novelty_dir
 from cloud.models.vae import VAEConfig, WaferVAE
 from cloud.pipeline.synthetic_data import write_tiny_dataset
 from cloud.settings import CloudSettings
-from wafercore.classes import NUM_CLASSES
 from wafercore.model_input import InputSpec
 from wafercore.runtime import ModelRuntime
 
@@ -28,26 +28,12 @@ CONFIGS = Path(__file__).resolve().parents[4] / "configs"
 
 
 @pytest.fixture(scope="module")
-def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def dirs(
+    tmp_path_factory: pytest.TempPathFactory, area_classifier: Callable[..., Path]
+) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("attach")
+    classifier = area_classifier(root / "classifier", version="cnn-v1.0.0", extra={"params": 46})
     torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(2, 4, 3, padding=1),
-        torch.nn.AdaptiveAvgPool2d(1),
-        torch.nn.Flatten(),
-        torch.nn.Linear(4, NUM_CLASSES),
-    ).eval()
-    classifier = root / "classifier"
-    classifier.mkdir()
-    export_classifier(model, classifier / "model.onnx", input_spec=AREA)
-    write_model_dir(
-        classifier,
-        classifier / "model.onnx",
-        version="cnn-v1.0.0",
-        kind="cnn",
-        input_spec=AREA,
-        extra={"params": 46},
-    )
     vae = WaferVAE(VAEConfig(size=32, channels=(8, 16), latent=4)).eval()
     novelty = root / "novelty"
     export_novelty_dir(vae, novelty, version="vae-v1.0.0", threshold=0.7, false_alarm_rate=0.01)

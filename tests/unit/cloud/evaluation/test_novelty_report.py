@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,11 @@ import torch
 
 from cloud.evaluation.evaluate import evaluate_model
 from cloud.evaluation.novelty_report import evaluate_novelty
-from cloud.export import export_classifier, export_novelty_dir, write_model_dir
+from cloud.export import export_novelty_dir
 from cloud.models.vae import VAEConfig, WaferVAE
 from cloud.pipeline.synthetic_data import write_tiny_dataset
 from cloud.training.data import evaluation_part
-from wafercore.classes import CLASS_NAMES, NUM_CLASSES
+from wafercore.classes import CLASS_NAMES
 from wafercore.model_input import InputSpec
 from wafercore.novelty import NoveltyRuntime
 
@@ -38,31 +39,12 @@ REPORT_KEYS = {
 }
 
 
-def _classifier(out: Path) -> Path:
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(2, 4, 3, padding=1),
-        torch.nn.AdaptiveAvgPool2d(1),
-        torch.nn.Flatten(),
-        torch.nn.Linear(4, NUM_CLASSES),
-    ).eval()
-    out.mkdir(parents=True)
-    export_classifier(model, out / "model.onnx", input_spec=AREA)
-    write_model_dir(
-        out,
-        out / "model.onnx",
-        version="cnn-v0.0.1",
-        kind="cnn",
-        input_spec=AREA,
-        extra={"params": 46, "gflops_per_step": 0.0},
-    )
-    return out
-
-
 @pytest.fixture(scope="module")
-def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def dirs(
+    tmp_path_factory: pytest.TempPathFactory, area_classifier: Callable[..., Path]
+) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("novelty")
-    plain = _classifier(root / "plain")
+    plain = area_classifier(root / "plain", extra={"params": 46, "gflops_per_step": 0.0})
     attached = root / "attached"
     shutil.copytree(plain, attached)
     torch.manual_seed(0)

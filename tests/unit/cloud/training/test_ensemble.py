@@ -1,49 +1,37 @@
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
 from click.testing import CliRunner
 
 from cloud.cli import main
 from cloud.evaluation.champion import choose_champion
-from cloud.export import export_classifier, expose_features, write_model_dir
 from cloud.training.ensemble import ensemble_graph
-from wafercore.classes import NUM_CLASSES
-from wafercore.model_input import InputSpec
 from wafercore.readers.npz import file_sha256, write_npz
 from wafercore.runtime import FEATURES, MODEL_FILE, ModelRuntime
 from wafercore.synthetic import generate_dataset
 
-AREA = InputSpec(size=16, resample="area", channels=("fail", "die"))
 
+@pytest.fixture
+def member(tmp_path: Path, area_classifier: Callable[..., Path]) -> Callable[..., Path]:
+    """A tiny classifier named ``name`` in the test's folder, seed ``seed`` (cnn-v0.0.<seed>)."""
 
-def _member(out: Path, seed: int, temperature: float, data: dict, features: bool) -> Path:
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(2, 4, 3, padding=1),
-        torch.nn.AdaptiveAvgPool2d(1),
-        torch.nn.Flatten(),
-        torch.nn.Linear(4, NUM_CLASSES),
-    ).eval()
-    out.mkdir(parents=True)
-    export_classifier(model, out / MODEL_FILE, input_spec=AREA)
-    if features:
-        (out / MODEL_FILE).write_bytes(expose_features((out / MODEL_FILE).read_bytes()))
-    extra = {"data": data, "params": 100 + seed, "gflops_per_step": 0.01, "validation": {}}
-    write_model_dir(
-        out,
-        out / MODEL_FILE,
-        version=f"cnn-v0.0.{seed}",
-        kind="cnn",
-        temperature=temperature,
-        input_spec=AREA,
-        extra=extra,
-    )
-    return out
+    def make(name: str, seed: int, temperature: float, data: dict, features: bool) -> Path:
+        extra = {"data": data, "params": 100 + seed, "gflops_per_step": 0.01, "validation": {}}
+        return area_classifier(
+            tmp_path / name,
+            version=f"cnn-v0.0.{seed}",
+            seed=seed,
+            features=features,
+            temperature=temperature,
+            extra=extra,
+        )
+
+    return make
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +53,12 @@ def _probabilities(graph: bytes, x: np.ndarray) -> tuple[np.ndarray, list[np.nda
     return p / p.sum(1, keepdims=True), outs
 
 
-def test_the_ensemble_graph_averages_its_members_at_their_temperatures(tmp_path: Path) -> None:
+def test_the_ensemble_graph_averages_its_members_at_their_temperatures(
+    member: Callable[..., Path],
+) -> None:
     data = {"sha256": "0" * 64}
-    a = _member(tmp_path / "a", 1, 0.5, data, features=True)
-    b = _member(tmp_path / "b", 2, 2.0, data, features=True)
+    a = member("a", 1, 0.5, data, features=True)
+    b = member("b", 2, 2.0, data, features=True)
     graph = ensemble_graph([onnx.load(a / MODEL_FILE), onnx.load(b / MODEL_FILE)], [0.5, 2.0])
     x = np.random.default_rng(0).random((5, 2, 16, 16), dtype=np.float32)
     mean, outs = _probabilities(graph.SerializeToString(), x)
@@ -80,20 +70,24 @@ def test_the_ensemble_graph_averages_its_members_at_their_temperatures(tmp_path:
     assert np.allclose(outs[1], features, atol=1e-5)
 
 
-def test_members_without_features_make_an_ensemble_without_them(tmp_path: Path) -> None:
+def test_members_without_features_make_an_ensemble_without_them(
+    member: Callable[..., Path],
+) -> None:
     data = {"sha256": "0" * 64}
-    a = _member(tmp_path / "a", 1, 1.0, data, features=True)
-    b = _member(tmp_path / "b", 2, 1.0, data, features=False)
+    a = member("a", 1, 1.0, data, features=True)
+    b = member("b", 2, 1.0, data, features=False)
     graph = ensemble_graph([onnx.load(a / MODEL_FILE), onnx.load(b / MODEL_FILE)], [1.0, 1.0])
     assert [o.name for o in graph.graph.output] == ["logits"]
     with pytest.raises(ValueError, match="two or more"):
         ensemble_graph([onnx.load(a / MODEL_FILE)], [1.0])
 
 
-def test_wafer_cloud_ensemble_writes_a_calibrated_candidate(tmp_path: Path, labelled: Path) -> None:
+def test_wafer_cloud_ensemble_writes_a_calibrated_candidate(
+    tmp_path: Path, labelled: Path, member: Callable[..., Path]
+) -> None:
     data = _provenance(labelled)
-    a = _member(tmp_path / "a", 1, 0.8, data, features=True)
-    b = _member(tmp_path / "b", 2, 1.3, data, features=True)
+    a = member("a", 1, 0.8, data, features=True)
+    b = member("b", 2, 1.3, data, features=True)
     out = tmp_path / "ens"
     env = {"CLOUD_WORK_DIR": str(tmp_path / "work")}
     args = ["ensemble", "--model", str(a), "--model", str(b), "--version", "cnn-v0.1.0"]
@@ -112,9 +106,11 @@ def test_wafer_cloud_ensemble_writes_a_calibrated_candidate(tmp_path: Path, labe
     assert FEATURES in ModelRuntime.load(out).output_names
 
 
-def test_wafer_cloud_ensemble_refuses_members_of_other_data(tmp_path: Path, labelled: Path) -> None:
-    a = _member(tmp_path / "a", 1, 1.0, _provenance(labelled), features=False)
-    b = _member(tmp_path / "b", 2, 1.0, {**_provenance(labelled), "seed": 3}, features=False)
+def test_wafer_cloud_ensemble_refuses_members_of_other_data(
+    tmp_path: Path, labelled: Path, member: Callable[..., Path]
+) -> None:
+    a = member("a", 1, 1.0, _provenance(labelled), features=False)
+    b = member("b", 2, 1.0, {**_provenance(labelled), "seed": 3}, features=False)
     args = ["ensemble", "--model", str(a), "--model", str(b), "--version", "cnn-v0.1.0"]
     done = CliRunner().invoke(
         main,

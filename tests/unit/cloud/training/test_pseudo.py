@@ -1,12 +1,11 @@
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from cloud.cli import main
-from cloud.export import export_classifier, write_model_dir
 from cloud.settings import CloudSettings
 from cloud.training.config import TrainConfig
 from cloud.training.pipeline import load_data
@@ -23,18 +22,11 @@ AREA = InputSpec(size=16, resample="area", channels=("fail", "die"))
 
 
 @pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny CNN on a 16x16 area input (untrained: its answers differ from view to view)."""
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(2, 4, 3, padding=1),
-        torch.nn.Flatten(),
-        torch.nn.Linear(4 * 16 * 16, NUM_CLASSES),
-    ).eval()
-    out = tmp_path_factory.mktemp("teacher")
-    export_classifier(model, out / "model.onnx", input_spec=AREA)
-    write_model_dir(out, out / "model.onnx", version="cnn-v0.0.7", kind="cnn", input_spec=AREA)
-    return out
+def teacher_dir(
+    tmp_path_factory: pytest.TempPathFactory, area_classifier: Callable[..., Path]
+) -> Path:
+    """A tiny untrained CNN on a 16x16 area input whose answers differ from view to view."""
+    return area_classifier(tmp_path_factory.mktemp("teacher"), version="cnn-v0.0.7", pooled=False)
 
 
 @pytest.fixture(scope="module")
