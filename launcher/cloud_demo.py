@@ -166,7 +166,9 @@ async def run_cloud_demo(
     a drift report starts the job (or, with a stable mix, an ML engineer does), and the
     candidate goes through a canary rollout to its decision (`launcher.loop_demo`).
     """
-    root = (work_dir / "cloud").resolve()
+    # Under the demo's own folder: ``work_dir/cloud`` is the cloud tier's own default work dir
+    # (runs, checkpoints, pseudo-labels, its registry), which a demo must never wipe.
+    root = (work_dir / "demo" / "cloud").resolve()
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     settings = demo_settings(root, broker_url)

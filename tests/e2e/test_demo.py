@@ -56,8 +56,13 @@ def test_demo_replays_wafers_through_the_edge_and_fab_then_retrains_in_the_cloud
 
 def test_cloud_demo_runs_the_steps_in_process_when_redis_does_not_answer(tmp_path: Path) -> None:
     lines: list[str] = []
+    own = tmp_path / "cloud" / "pseudo" / "cnn-v2.0.0.npz"  # the cloud tier's own work dir
+    own.parent.mkdir(parents=True)
+    own.write_bytes(b"kept")
     # Port 1: nothing listens there, so the demo falls back to Celery's eager mode.
     outcome = asyncio.run(run_cloud_demo(tmp_path, "redis://127.0.0.1:1/0", lines.append))
+    assert own.read_bytes() == b"kept", "the demo must not wipe the cloud's own work dir"
+    assert (tmp_path / "demo" / "cloud").is_dir()
     assert outcome.mode.startswith("Celery eager mode")
     assert outcome.job["state"] == "succeeded", outcome.job
     assert [s["name"] for s in outcome.steps] == list(STEPS)
