@@ -268,11 +268,10 @@ def ensemble(
 ) -> None:
     """Build, calibrate and evaluate an ensemble."""
     from cloud.evaluation.evaluate import evaluate_model
-    from cloud.training.ensemble import build_ensemble, members_validation
+    from cloud.training.ensemble import build_ensemble
 
     try:
-        val = members_validation(model_dirs, data_path, settings.cache_dir)
-        extra = build_ensemble(model_dirs, version, val, out)
+        extra = build_ensemble(model_dirs, version, data_path, out, settings.cache_dir)
     except ValueError as err:
         raise click.ClickException(str(err)) from None
     report = evaluate_model(out, data_path, extra["data"]["protocol"], out)

@@ -94,20 +94,23 @@ def ensemble_graph(
 
 
 def build_ensemble(
-    model_dirs: Sequence[Path], version: str, val: Part, out_dir: Path
+    model_dirs: Sequence[Path], version: str, data_path: Path, out_dir: Path, cache_dir: Path
 ) -> dict[str, Any]:
     """Write the ensemble of ``model_dirs`` as the model directory ``out_dir``, calibrated on
-    ``val`` (validation lots); returns its manifest's ``extra``.
+    the validation lots of ``data_path`` its members were calibrated on; returns its manifest's
+    ``extra``.
 
     Raises:
-        ValueError: a member is not a single-pass classifier, or the members read different
-            inputs.
+        ValueError: a member is not a single-pass classifier, the members read different
+            inputs or were trained on different files or splits, or ``data_path`` is not
+            their file.
     """
     manifests: list[ModelManifest] = [ModelRuntime.load(d).manifest for d in model_dirs]
     if any(m.kind != "cnn" for m in manifests):
         raise ValueError("every member must be a single-pass classifier (kind cnn)")
     if len({m.input for m in manifests}) != 1:
         raise ValueError("the members read different inputs; an ensemble feeds them one")
+    val = _members_validation(manifests, data_path, cache_dir)
     graph = ensemble_graph(
         [onnx.load(d / MODEL_FILE) for d in model_dirs],
         [m.temperature for m in manifests],
@@ -134,16 +137,12 @@ def build_ensemble(
     return calibrate(out_dir, val, extra)
 
 
-def members_validation(model_dirs: Sequence[Path], data_path: Path, cache_dir: Path) -> Part:
-    """The validation lots every member was calibrated on, from ``data_path``.
-
-    Raises:
-        ValueError: the members were trained on different files or splits, or ``data_path`` is
-            not their file.
-    """
-    provenance = [ModelRuntime.load(d).manifest.extra.get("data", {}) for d in model_dirs]
+def _members_validation(
+    manifests: Sequence[ModelManifest], data_path: Path, cache_dir: Path
+) -> Part:
+    """The validation lots every member was calibrated on, from ``data_path``."""
     fields = ("sha256", "protocol", "val_fraction", "seed")
-    splits = {tuple(p.get(f) for f in fields) for p in provenance}
+    splits = {tuple(m.extra.get("data", {}).get(f) for f in fields) for m in manifests}
     if len(splits) != 1 or None in next(iter(splits)):
         raise ValueError("the members were not validated on the same lots of the same file")
     sha, protocol, val_fraction, seed = splits.pop()

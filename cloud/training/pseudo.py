@@ -22,16 +22,14 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from cloud.evaluation.evaluate import CHUNK
 from wafercore.classes import NUM_CLASSES
 from wafercore.dataset import WaferDataset
-from wafercore.readers.npz import file_sha256
+from wafercore.readers.npz import file_sha256, read_npz
 from wafercore.runtime import ModelRuntime
 from wafercore.second_look import second_look
 
 log = logging.getLogger(__name__)
-
-CHUNK = 4096
-"""Maps whose inputs are built and classified at once (bounds memory on 637k maps)."""
 
 
 @dataclass(frozen=True)
@@ -183,8 +181,6 @@ def pseudo_label(
     threads: int | None = None,
 ) -> PseudoLabels:
     """Label ``unlabelled_path`` with the model of ``model_dir`` and keep the confident maps."""
-    from wafercore.readers.npz import read_npz
-
     runtime = ModelRuntime.load(model_dir, threads=threads)
     dataset = read_npz(unlabelled_path)
 
