@@ -10,6 +10,7 @@ from typing import TypeVar
 import click
 
 from cloud.settings import CloudSettings
+from wafercore.splits import PROTOCOLS
 
 FC = TypeVar("FC", bound=Callable[..., object])
 
@@ -144,7 +145,7 @@ def _train_here(
     required=True,
     help="npz file; a file of Test lots only is the test set as a whole.",
 )
-@click.option("--protocol", type=click.Choice(["official", "random"]), default="official")
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default="official")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option(
     "--baseline",
@@ -228,14 +229,22 @@ def pseudo_label_command(
     help="Choose the default model: the best validation macro-F1 within the edge's budget."
 )
 @model_dirs_option("Candidate model directory, evaluated (repeatable).")
-def champion(model_dirs: tuple[Path, ...]) -> None:
+@click.option(
+    "--data",
+    "data_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The labelled file the candidates were trained on: needed to judge candidates of "
+    "different splits on one gate part none of them trained on.",
+)
+def champion(model_dirs: tuple[Path, ...], data_path: Path | None) -> None:
     """Print every candidate, best first, and the one to ship."""
     from cloud.evaluation.champion import choose_champion
 
     try:
-        chosen, candidates = choose_champion(list(model_dirs))
+        chosen, candidates = choose_champion(list(model_dirs), data_path=data_path)
     except ValueError as err:
         raise click.ClickException(str(err)) from None
+    click.echo(f"judged on {candidates[0].judged_on}")
     click.echo("version        val macro-F1  test macro-F1  GFLOP/wafer  params    p99 ms  budget")
     for c in candidates:
         click.echo(

@@ -6,6 +6,12 @@ Two protocols:
   validation set carved out of ``Training`` by whole lots. This is the honest protocol: the map
   outline gives the class away within a lot (DESIGN.md §4), so wafers of one lot on both sides
   of a split overstate accuracy.
+* `production_split`: the official split's lots, with half of the ``Test`` lots (whole lots,
+  class-stratified, seeded) standing for production wafers that engineers have reviewed: they
+  join training and give the validation lots, and the other half is the test part. WM-811K's
+  ``Test`` lots were labelled differently from its ``Training`` lots (far more wafers called
+  None), as a fab's own reviewers label differently from any public set; a gate judged on
+  ``Training`` lots picks models that production labels call worse (docs/model-ablations.md).
 * `stratified_split`: the brief's random per-class split, for comparison with published numbers.
 """
 
@@ -24,6 +30,10 @@ TRAINING = "Training"
 """WM-811K's name for its training split."""
 TEST = "Test"
 """WM-811K's name for its test split."""
+PROTOCOLS = ("official", "production", "random")
+"""The protocols `protocol_split` knows."""
+REVIEWED_FRACTION = 0.5
+"""Share of the ``Test`` wafers (whole lots) that `production_split` treats as reviewed."""
 
 
 @dataclass(frozen=True)
@@ -70,21 +80,88 @@ def official_split(dataset: WaferDataset, val_fraction: float = 0.1, seed: int =
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    labels = np.asarray(dataset.labels, dtype=np.int64)
+    train_rows, test = _official_rows(dataset)
+    in_val = _carve_lots(dataset, train_rows, val_fraction, np.random.default_rng(seed))
+    return Split(train=train_rows[~in_val], val=train_rows[in_val], test=test)
+
+
+def production_split(dataset: WaferDataset, val_fraction: float = 0.1, seed: int = 0) -> Split:
+    """The official split's lots, validated and tested on ``Test`` lots only.
+
+    ``REVIEWED_FRACTION`` of the ``Test`` wafers, as whole lots chosen like validation lots
+    (class-stratified, seeded), stand for production wafers engineers have reviewed. Of those,
+    whole lots holding about ``val_fraction`` of them are validation; the rest join every
+    ``Training`` row (less those of lots that also have ``Test`` rows) in train. Test is the
+    other ``Test`` lots. No lot is in two parts.
+
+    Args:
+        dataset: maps with ``split``, ``lot`` and ``labels``.
+        val_fraction: share of the reviewed wafers to hold out, in [0, 1).
+        seed: breaks ties between equally good lots; same seed, same split.
+
+    Raises:
+        ValueError: ``val_fraction`` is outside [0, 1).
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    training, test_rows = _official_rows(dataset)
+    rng = np.random.default_rng([seed, 1])
+    in_reviewed = _carve_lots(dataset, test_rows, REVIEWED_FRACTION, rng)
+    reviewed = test_rows[in_reviewed]
+    in_val = _carve_lots(dataset, reviewed, val_fraction, rng)
+    return Split(
+        train=np.concatenate([training, reviewed[~in_val]]),
+        val=reviewed[in_val],
+        test=test_rows[~in_reviewed],
+    )
+
+
+def protocol_split(
+    dataset: WaferDataset, protocol: str, val_fraction: float = 0.1, seed: int = 0
+) -> Split:
+    """The split a training config's ``data.protocol`` names (one of ``PROTOCOLS``).
+
+    ``random`` is `stratified_split` with ``val_fraction`` for validation and test each.
+
+    Raises:
+        ValueError: an unknown protocol, or a bad ``val_fraction``.
+    """
+    if protocol == "official":
+        return official_split(dataset, val_fraction=val_fraction, seed=seed)
+    if protocol == "production":
+        return production_split(dataset, val_fraction=val_fraction, seed=seed)
+    if protocol == "random":
+        fractions = (1 - 2 * val_fraction, val_fraction, val_fraction)
+        return stratified_split(dataset.labels, fractions, seed=seed)
+    raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+
+
+def _official_rows(
+    dataset: WaferDataset,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Labelled ``Training`` rows (less those of lots with ``Test`` rows) and ``Test`` rows."""
+    labelled = np.asarray(dataset.labels, dtype=np.int64) != UNLABELLED
     split = np.asarray(dataset.split)
     lot = np.asarray(dataset.lot)
-    labelled = labels != UNLABELLED
     test = np.flatnonzero(labelled & (split == TEST))
     training = labelled & (split == TRAINING) & ~np.isin(lot, lot[test])
-    train_rows = np.flatnonzero(training)
+    return np.flatnonzero(training), test
 
-    lot_names, lot_of_row = np.unique(lot[train_rows], return_inverse=True)
+
+def _carve_lots(
+    dataset: WaferDataset,
+    rows: npt.NDArray[np.int64],
+    fraction: float,
+    rng: np.random.Generator,
+) -> npt.NDArray[np.bool_]:
+    """Which of ``rows`` belong to whole lots chosen to hold about ``fraction`` of each class."""
+    labels = np.asarray(dataset.labels, dtype=np.int64)[rows]
+    lot_names, lot_of_row = np.unique(np.asarray(dataset.lot)[rows], return_inverse=True)
     lot_of_row = lot_of_row.reshape(-1)
     counts = np.zeros((len(lot_names), NUM_CLASSES), dtype=np.int64)
-    np.add.at(counts, (lot_of_row, labels[train_rows]), 1)
-    chosen = _choose_val_lots(counts, val_fraction, np.random.default_rng(seed))
-    in_val = chosen[lot_of_row]
-    return Split(train=train_rows[~in_val], val=train_rows[in_val], test=test)
+    np.add.at(counts, (lot_of_row, labels), 1)
+    chosen = _choose_val_lots(counts, fraction, rng)
+    return chosen[lot_of_row]
 
 
 def stratified_split(

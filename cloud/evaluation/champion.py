@@ -5,18 +5,30 @@ Candidates are ranked by their macro-F1 on the validation lots (the figure `fina
 with the halting and second look the node will run), never by a test figure: the test lots
 stay for reporting. A candidate is eligible only if its evaluation report shows it within the
 budget: average GFLOP per wafer, parameters and batch-1 p99 latency.
+
+Candidates validated on different lots (another protocol, fraction or seed) are not compared
+by their own figures: they are all served on one gate part instead, the first candidate's
+validation lots that no candidate trained on (`common_gate`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from wafercore.runtime import ModelRuntime
+import numpy as np
+
+from wafercore.dataset import UNLABELLED
+from wafercore.readers.npz import file_sha256, read_npz
+from wafercore.runtime import ModelManifest, ModelRuntime
+from wafercore.splits import protocol_split
 
 REPORT_FILE = "report.json"
+SPLIT_FIELDS = ("sha256", "protocol", "val_fraction", "seed")
+"""What fixes a candidate's validation lots (its manifest's data provenance)."""
+OWN_VALIDATION = "its own validation lots"
 
 
 @dataclass(frozen=True)
@@ -40,6 +52,14 @@ class Candidate:
     params: int
     latency_p99_ms: float
     over_budget: tuple[str, ...]  # what it exceeds; empty when eligible
+    split: tuple[Any, ...]  # SPLIT_FIELDS of its training data
+    judged_on: str = OWN_VALIDATION
+
+
+def split_of(manifest: ModelManifest) -> tuple[Any, ...]:
+    """The provenance fields (`SPLIT_FIELDS`) that fix a model's validation lots."""
+    data = manifest.extra.get("data", {})
+    return tuple(data.get(field) for field in SPLIT_FIELDS)
 
 
 def validation_macro_f1(extra: dict[str, Any], tta_threshold: float) -> float:
@@ -81,19 +101,70 @@ def read_candidate(path: Path, budget: Budget) -> Candidate:
         params=int(report["params"]),
         latency_p99_ms=float(report["latency_ms"]["p99"]),
         over_budget=tuple(over),
+        split=split_of(manifest),
     )
 
 
 def choose_champion(
-    paths: list[Path], budget: Budget | None = None
+    paths: list[Path], budget: Budget | None = None, *, data_path: Path | None = None
 ) -> tuple[Candidate | None, list[Candidate]]:
     """The eligible candidate with the best validation macro-F1 (None when none is eligible),
-    and every candidate, best first."""
+    and every candidate, best first.
+
+    Candidates of different splits are judged on `common_gate` of ``data_path``.
+
+    Raises:
+        ValueError: a candidate cannot be read, or candidates of different splits without
+            ``data_path`` or without a common gate (the message says which).
+    """
     budget = budget or Budget()
-    candidates = sorted(
-        (read_candidate(p, budget) for p in paths),
-        key=lambda c: (not c.over_budget, c.validation_macro_f1),
-        reverse=True,
-    )
+    candidates = [read_candidate(p, budget) for p in paths]
+    if len({c.split for c in candidates}) > 1:
+        if data_path is None:
+            versions = ", ".join(f"{c.version} ({c.split[1]})" for c in candidates)
+            raise ValueError(
+                f"the candidates were validated on different lots: {versions}; pass --data, "
+                "the labelled file they were trained on, to judge them on lots none trained on"
+            )
+        candidates = common_gate(candidates, data_path)
+    candidates.sort(key=lambda c: (not c.over_budget, c.validation_macro_f1), reverse=True)
     eligible = [c for c in candidates if not c.over_budget]
     return (eligible[0] if eligible else None), candidates
+
+
+def common_gate(candidates: list[Candidate], data_path: Path) -> list[Candidate]:
+    """Every candidate served (halting, second look) on one gate part of ``data_path``.
+
+    The gate is the validation part of the first candidate whose validation lots no candidate
+    trained on; its figure replaces each candidate's own validation macro-F1.
+
+    Raises:
+        ValueError: a candidate was trained on another file, or every candidate's validation
+            lots are training lots of another.
+    """
+    from cloud.evaluation.evaluate import serve_part
+    from cloud.evaluation.metrics import macro_f1
+    from cloud.training.data import Part
+
+    sha = file_sha256(data_path)
+    for c in candidates:
+        if c.split[0] != sha:
+            raise ValueError(f"{c.path} was not trained on {data_path} (another sha256)")
+    dataset = read_npz(data_path)
+    dataset = dataset.subset(np.flatnonzero(dataset.labels != UNLABELLED))
+    splits = {key: protocol_split(dataset, *key[1:]) for key in {c.split for c in candidates}}
+    trained = set().union(*(dataset.lot[s.train].tolist() for s in splits.values()))
+    owner = next(
+        (c for c in candidates if not trained & set(dataset.lot[splits[c.split].val].tolist())),
+        None,
+    )
+    if owner is None:
+        raise ValueError("every candidate's validation lots are training lots of another")
+    gate = Part.of(dataset.subset(splits[owner.split].val))
+    judged_on = f"{owner.version}'s validation lots ({owner.split[1]}, {len(gate):,} wafers)"
+    judged = []
+    for c in candidates:
+        served = serve_part(ModelRuntime.load(c.path, threads=2), gate)
+        f1 = macro_f1(gate.labels, served.probabilities.argmax(axis=1))
+        judged.append(replace(c, validation_macro_f1=f1, judged_on=judged_on))
+    return judged

@@ -29,6 +29,9 @@ THROUGHPUT_BATCH = 64
 CHUNK = 4096
 """Wafers whose inputs are built and classified at once (bounds memory on 95k test maps)."""
 
+TEST_PART_NAMES = {"official": "Test", "production": "production-test", "random": "random-test"}
+"""What a report calls each protocol's test part (production: the Test lots not reviewed)."""
+
 
 def predict_part(runtime: ModelRuntime, part: Part) -> tuple[np.ndarray, np.ndarray]:
     """Every supervision step for every wafer of ``part``, from its raw maps through the
@@ -159,7 +162,7 @@ def evaluate_model(
             "path": str(data_path),
             "sha256": file_sha256(data_path),
             "protocol": protocol,
-            "split": "Test" if protocol == "official" else "random-test",
+            "split": TEST_PART_NAMES[protocol],
             "n": len(part),
         },
         probs_per_step=probs if manifest.kind == "trm" else None,

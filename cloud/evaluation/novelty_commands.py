@@ -13,6 +13,7 @@ import click
 
 from cloud.settings import CloudSettings
 from wafercore.classes import CLASS_NAMES
+from wafercore.splits import PROTOCOLS
 
 DEFECT_CLASSES = CLASS_NAMES[1:]
 
@@ -133,7 +134,7 @@ def attach(classifier: Path, novelty_dir: Path, version: str, out: Path) -> None
     required=True,
     help="Labelled npz file.",
 )
-@click.option("--protocol", type=click.Choice(["official", "random"]), default="official")
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default="official")
 @click.option(
     "--unlabelled",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),

@@ -27,7 +27,7 @@ class DataConfig(_Strict):
     """Which data, which protocol."""
 
     path: Path = Path("labelled.npz")
-    protocol: Literal["official", "random"] = "official"
+    protocol: Literal["official", "production", "random"] = "official"
     val_fraction: float = Field(default=0.1, gt=0, lt=0.5)
     limit: int | None = Field(default=None, description="Use at most this many rows (smoke runs).")
 
@@ -133,6 +133,12 @@ class OptimConfig(_Strict):
         description="Within a class, draw every map-size bucket equally often (DESIGN.md §4).",
     )
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    reviewed_weight: float = Field(
+        default=1.0,
+        gt=0,
+        description="How many times as often a reviewed production wafer (a Test-lot row in "
+        "train, production protocol) is drawn as a Training wafer.",
+    )
 
 
 class AugmentConfig(_Strict):
@@ -212,7 +218,7 @@ class TrainConfig(_Strict):
     pseudo: PseudoConfig | None = None
 
     @model_validator(mode="after")
-    def _vae_reads_area(self) -> TrainConfig:
+    def _consistent(self) -> TrainConfig:
         if self.kind == "vae" and (
             self.input.resample != "area" or tuple(self.input.channels) != ("fail", "die")
         ):
@@ -223,6 +229,8 @@ class TrainConfig(_Strict):
             raise ValueError("semi is for classifiers; a vae learns the known patterns only")
         if self.kind in ("vae", "rules") and self.pseudo is not None:
             raise ValueError(f"pseudo is for trained classifiers, not a {self.kind}")
+        if self.optim.reviewed_weight != 1.0 and self.data.protocol != "production":
+            raise ValueError("optim.reviewed_weight needs data.protocol production")
         return self
 
     def to_dict(self) -> dict[str, Any]:

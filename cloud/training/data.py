@@ -23,7 +23,7 @@ from wafercore.encoding import GRID
 from wafercore.model_input import InputSpec, area_resample, build_input
 from wafercore.preprocessing import dataset_to_grids, resize_nearest, to_grid
 from wafercore.readers.npz import file_sha256, read_npz
-from wafercore.splits import TEST, official_split, stratified_split
+from wafercore.splits import TEST, protocol_split
 from wafercore.synthetic import generate_map
 
 log = logging.getLogger(__name__)
@@ -107,15 +107,7 @@ def prepare(config: DataConfig, data_path: Path, cache_dir: Path, seed: int) -> 
         grids = cached["grids"]
         log.info("preprocessed data from cache %s", cache)
     else:
-        split = (
-            official_split(dataset, val_fraction=config.val_fraction, seed=seed)
-            if config.protocol == "official"
-            else stratified_split(
-                dataset.labels,
-                (1 - 2 * config.val_fraction, config.val_fraction, config.val_fraction),
-                seed=seed,
-            )
-        )
+        split = protocol_split(dataset, config.protocol, config.val_fraction, seed)
         train_idx, val_idx, test_idx = split.train, split.val, split.test
         grids = dataset_to_grids(dataset)
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -155,21 +147,18 @@ def prepare(config: DataConfig, data_path: Path, cache_dir: Path, seed: int) -> 
 def evaluation_part(data_path: Path, protocol: str, val_fraction: float, seed: int) -> Part:
     """The test part of a data file for evaluation.
 
-    A file whose labelled rows are all ``Test`` lots is the test set as a whole; otherwise the
-    protocol's split decides (official: its ``Test`` rows; random: the stratified test part).
+    The protocol's split decides (`wafercore.splits.protocol_split`; official: every ``Test``
+    row, so a file of ``Test`` lots only is the test set as a whole; production: the ``Test``
+    lots it did not give to training; random: the stratified test part).
+
+    Raises:
+        ValueError: an unknown protocol, or a file without rows for the test part.
     """
     dataset = read_npz(data_path)
     dataset = dataset.subset(np.flatnonzero(dataset.labels != UNLABELLED))
-    if protocol == "official":
-        idx = np.flatnonzero(dataset.split == TEST)
-        if len(idx) == 0:
-            raise ValueError(f"{data_path} has no labelled rows of the official Test split")
-    elif protocol == "random":
-        idx = stratified_split(
-            dataset.labels, (1 - 2 * val_fraction, val_fraction, val_fraction), seed=seed
-        ).test
-    else:
-        raise ValueError(f"protocol must be 'official' or 'random', got {protocol!r}")
+    idx = protocol_split(dataset, protocol, val_fraction, seed).test
+    if len(idx) == 0:
+        raise ValueError(f"{data_path} has no labelled rows for the {protocol} protocol's test")
     return Part.of(dataset.subset(idx))
 
 
@@ -242,9 +231,11 @@ class BatchSampler:
         self.optim = optim
         self.augment = augment
         self.spec = spec or InputSpec()
-        self.weights = sampling_weights(
+        weights = sampling_weights(
             raw.labels, raw.shapes, optim.sampling, size_balanced=optim.size_balanced
         )
+        weights = weights * np.where(raw.split == TEST, optim.reviewed_weight, 1.0)
+        self.weights = weights / weights.sum()
         # The 26x26 grids only feed the token input; an area input is built from the raw maps.
         self.grids = dataset_to_grids(raw) if self.spec.is_tokens else None
 

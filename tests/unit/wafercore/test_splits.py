@@ -1,4 +1,4 @@
-"""Splits: the official lot-grouped split and the random stratified one."""
+"""Splits: the official lot-grouped split, the production one, and the random stratified one."""
 
 from __future__ import annotations
 
@@ -11,7 +11,15 @@ import pytest
 from wafercore.classes import NUM_CLASSES, DefectClass
 from wafercore.dataset import UNLABELLED, WaferDataset
 from wafercore.readers.npz import read_npz
-from wafercore.splits import Split, official_split, stratified_split
+from wafercore.splits import (
+    PROTOCOLS,
+    REVIEWED_FRACTION,
+    Split,
+    official_split,
+    production_split,
+    protocol_split,
+    stratified_split,
+)
 
 # Roughly WM-811K's class mix: mostly "none", a long tail down to Near-full.
 CLASS_MIX = np.array([0.62, 0.07, 0.02, 0.07, 0.1, 0.05, 0.01, 0.03, 0.03])
@@ -140,6 +148,58 @@ def test_split_arrays_are_sorted_read_only_int64() -> None:
         split.train[0] = 9
 
 
+# production_split -------------------------------------------------------------------------
+
+
+def test_production_split_tests_on_test_lots_it_never_trains_or_validates_on(
+    synthetic: WaferDataset,
+) -> None:
+    split = production_split(synthetic, val_fraction=0.3, seed=2)
+    _assert_disjoint(split)
+    official = official_split(synthetic)
+    test_lots = _lots(synthetic, official.test)
+    assert _lots(synthetic, split.test) < test_lots  # a part of the Test lots
+    assert _lots(synthetic, split.val) < test_lots  # validation is reviewed Test lots only
+    for a, b in ((split.train, split.val), (split.train, split.test), (split.val, split.test)):
+        assert not _lots(synthetic, a) & _lots(synthetic, b)
+    # Every Training row official_split uses trains here, with the reviewed Test lots.
+    training = np.concatenate([official.train, official.val])
+    assert set(training.tolist()) <= set(split.train.tolist())
+    reviewed = _lots(synthetic, split.train) & test_lots
+    assert reviewed and _lots(synthetic, split.val) | reviewed | _lots(synthetic, split.test) == (
+        test_lots
+    )
+    n_test = len(official.test)
+    n_reviewed = n_test - len(split.test)
+    assert abs(n_reviewed - REVIEWED_FRACTION * n_test) < 0.1 * n_test
+    assert abs(len(split.val) - 0.3 * n_reviewed) < 0.1 * n_reviewed
+
+
+def test_production_split_is_deterministic_by_seed(synthetic: WaferDataset) -> None:
+    a, b = production_split(synthetic, seed=3), production_split(synthetic, seed=3)
+    assert np.array_equal(a.test, b.test) and np.array_equal(a.val, b.val)
+    assert not np.array_equal(a.test, production_split(synthetic, seed=4).test)
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.0])
+def test_production_split_rejects_bad_fractions(synthetic: WaferDataset, fraction: float) -> None:
+    with pytest.raises(ValueError, match="val_fraction"):
+        production_split(synthetic, val_fraction=fraction)
+
+
+def test_protocol_split_names_each_protocol(synthetic: WaferDataset) -> None:
+    assert PROTOCOLS == ("official", "production", "random")
+    for protocol, expected in (
+        ("official", official_split(synthetic, 0.2, 1)),
+        ("production", production_split(synthetic, 0.2, 1)),
+        ("random", stratified_split(synthetic.labels, (0.6, 0.2, 0.2), 1)),
+    ):
+        got = protocol_split(synthetic, protocol, 0.2, 1)
+        assert all(np.array_equal(getattr(got, p), getattr(expected, p)) for p in ("val", "test"))
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        protocol_split(synthetic, "lots", 0.2, 1)
+
+
 # stratified_split -------------------------------------------------------------------------
 
 
@@ -216,4 +276,15 @@ def test_real_official_split_sizes_and_lot_disjointness(labelled: WaferDataset) 
     assert not train & val, "a lot is in train and val"
     assert not (train | val) & test, "a Training lot is in Test"
     for part in (split.train, split.val):
+        assert np.all(np.bincount(labelled.labels[part], minlength=NUM_CLASSES) > 0)
+
+
+def test_real_production_split_sizes_and_lot_disjointness(labelled: WaferDataset) -> None:
+    split = production_split(labelled, val_fraction=0.3, seed=0)
+    assert len(split.train) + len(split.val) + len(split.test) == 54_355 + 94_918
+    assert len(split.test) == pytest.approx(94_918 * (1 - REVIEWED_FRACTION), rel=0.02)
+    assert set(labelled.split[split.test]) == set(labelled.split[split.val]) == {"Test"}
+    parts = [_lots(labelled, p) for p in (split.train, split.val, split.test)]
+    assert not parts[0] & parts[1] and not parts[0] & parts[2] and not parts[1] & parts[2]
+    for part in (split.train, split.val, split.test):
         assert np.all(np.bincount(labelled.labels[part], minlength=NUM_CLASSES) > 0)

@@ -30,6 +30,11 @@ def test_trm_cpu_config_builds_a_model_within_budget() -> None:
         ("kind: trm\nversion: trm-v1.0.0\noptim: {lr: -1}\n", "optim.lr"),
         ("kind: trm\nversion: trm-v1.0.0\ntrm: {width: 3}\n", "trm.width"),
         ("kind: [\n", "not valid YAML"),
+        ("kind: cnn\nversion: cnn-v1.0.0\noptim: {reviewed_weight: 0}\n", "reviewed_weight"),
+        (
+            "kind: cnn\nversion: cnn-v1.0.0\noptim: {reviewed_weight: 3}\n",
+            "reviewed_weight needs data.protocol production",
+        ),
     ],
 )
 def test_bad_configs_name_the_field(tmp_path: Path, text: str, message: str) -> None:

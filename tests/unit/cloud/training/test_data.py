@@ -32,6 +32,18 @@ def test_sampling_balances_classes_and_map_sizes() -> None:
     assert np.isclose(plain[0], plain[95])
 
 
+def test_reviewed_production_wafers_are_drawn_reviewed_weight_times_as_often() -> None:
+    raw = generate_dataset(4, np.random.default_rng(0), sizes=(20, 30))
+    raw.split = np.where(np.arange(len(raw)) % 3 == 0, "Test", "Training")
+    natural = OptimConfig(sampling="natural", size_balanced=False)
+    assert np.allclose(BatchSampler(raw, natural, AugmentConfig(), 0).weights, 1 / len(raw))
+    optim = natural.model_copy(update={"reviewed_weight": 3.0})
+    weights = BatchSampler(raw, optim, AugmentConfig(), 0).weights
+    reviewed = raw.split == "Test"
+    assert np.isclose(weights.sum(), 1)
+    assert np.allclose(weights[reviewed], 3 * weights[~reviewed][0])
+
+
 def test_class_weights_have_mean_one_and_favour_rare_classes() -> None:
     labels = np.array([0] * 90 + [1] * 10)
     for mode in ("inverse", "effective"):
