@@ -245,11 +245,15 @@ def champion(model_dirs: tuple[Path, ...], data_path: Path | None) -> None:
     except ValueError as err:
         raise click.ClickException(str(err)) from None
     click.echo(f"judged on {candidates[0].judged_on}")
-    click.echo("version        val macro-F1  test macro-F1  GFLOP/wafer  params    p99 ms  budget")
+    click.echo(
+        "version        val macro-F1  test macro-F1 (part)            GFLOP/wafer  params    "
+        "p99 ms  budget"
+    )
     for c in candidates:
         click.echo(
             f"{c.version:<14} {c.validation_macro_f1:>12.4f} {c.test_macro_f1:>14.4f} "
-            f"{c.gflops_per_wafer:>12.3f} {c.params:>9,} {c.latency_p99_ms:>7.2f}  "
+            f"{'(' + c.test_part + ')':<17} {c.gflops_per_wafer:>11.3f} {c.params:>9,} "
+            f"{c.latency_p99_ms:>7.2f}  "
             f"{'over: ' + ', '.join(c.over_budget) if c.over_budget else 'ok'}"
         )
     if chosen is None:

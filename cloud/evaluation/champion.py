@@ -48,6 +48,7 @@ class Candidate:
     version: str
     validation_macro_f1: float
     test_macro_f1: float
+    test_part: str  # what its report's test figure is on (`evaluate.TEST_PART_NAMES`)
     gflops_per_wafer: float
     params: int
     latency_p99_ms: float
@@ -97,6 +98,7 @@ def read_candidate(path: Path, budget: Budget) -> Candidate:
         version=manifest.version,
         validation_macro_f1=validation_macro_f1(dict(manifest.extra), manifest.tta_threshold),
         test_macro_f1=float(report["macro_f1"]),
+        test_part=str(report.get("data", {}).get("split", "Test")),
         gflops_per_wafer=float(report["gflops_per_wafer"]),
         params=int(report["params"]),
         latency_p99_ms=float(report["latency_ms"]["p99"]),

@@ -105,6 +105,7 @@ def split_candidate(
             "params": 100,
             "latency_ms": {"p99": 1},
         }
+        report["data"] = {"split": "Test" if protocol == "official" else f"{protocol}-test"}
         (path / "report.json").write_text(json.dumps(report))
         return path
 
@@ -145,6 +146,7 @@ def test_candidates_of_different_splits_are_judged_on_lots_none_trained_on(
     )
     assert answer.exit_code == 0, answer.output
     assert "judged on cnn-v0.0.2's validation lots (production" in answer.output
+    assert "(Test)" in answer.output and "(production-test)" in answer.output  # test parts
 
 
 def test_no_common_gate_and_another_file_are_refused(
