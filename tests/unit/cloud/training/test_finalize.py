@@ -9,9 +9,10 @@ import pytest
 
 from cloud.evaluation.evaluate import evaluate_model
 from cloud.evaluation.report import REPORT_KEYS
+from cloud.training import finalize as finalize_module
 from cloud.training.config import TrainConfig
 from cloud.training.data import Part, PreparedData
-from cloud.training.finalize import finalize
+from cloud.training.finalize import finalize, tune_second_look
 from cloud.training.trainer import BEST, train
 from wafercore.dataset import WaferDataset
 from wafercore.readers.npz import write_npz
@@ -73,6 +74,26 @@ def test_finalize_tunes_halting_and_temperature_on_validation(model_dir: Path) -
     if chosen:
         best = max(sweep, key=lambda s: s["macro_f1"])
         assert best["macro_f1"] >= sweep[0]["macro_f1"] + 0.002
+
+
+def test_the_second_look_takes_no_more_wafers_than_the_latency_budget_allows(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = ModelRuntime.load(model_dir)
+    val = Part.of(generate_dataset(6, np.random.default_rng(2), sizes=(20, 40)))
+    monkeypatch.setattr(finalize_module, "SECOND_LOOK_MIN_GAIN", -1.0)  # any fitting one wins
+    monkeypatch.setattr(finalize_module, "SECOND_LOOK_MAX_SHARE", 1.0)
+    unlimited, sweep = tune_second_look(runtime, val, budget_steps=100.0)
+    best = max(sweep, key=lambda s: s["macro_f1"])
+    assert unlimited == best["threshold"]
+    # Allowed to look at no wafer: only "never look twice" fits.
+    monkeypatch.setattr(finalize_module, "SECOND_LOOK_MAX_SHARE", 0.0)
+    assert tune_second_look(runtime, val, budget_steps=100.0)[0] == 0.0
+    share = max(s["looked"] for s in sweep if s["looked"] < 1.0)
+    monkeypatch.setattr(finalize_module, "SECOND_LOOK_MAX_SHARE", share)
+    chosen, _ = tune_second_look(runtime, val, budget_steps=100.0)
+    fitting = [s for s in sweep if s["looked"] <= share]
+    assert chosen == max(fitting, key=lambda s: s["macro_f1"])["threshold"]
 
 
 def test_evaluate_writes_the_stable_report_and_plots(model_dir: Path, tmp_path: Path) -> None:
