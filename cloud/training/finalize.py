@@ -123,8 +123,15 @@ def finalize(checkpoint: Path, val: Part, out_dir: Path) -> dict[str, Any]:
 def calibrate(out_dir: Path, val: Part, extra: dict[str, Any]) -> dict[str, Any]:
     """Tune a model directory's halting, temperature and second look on ``val`` and write them
     to its manifest, with ``extra`` (which must hold ``gflops_per_step``) and the validation
-    figures; returns the new ``extra``."""
+    figures; returns the new ``extra``.
+
+    A model calibrated before is tuned again from its graph's own logits (temperature 1, no
+    second look), so calibrating twice gives the same manifest.
+    """
     runtime = ModelRuntime.load(out_dir, threads=2)
+    if runtime.manifest.temperature != 1.0 or runtime.manifest.tta_threshold != 0.0:
+        rewrite_manifest(out_dir, replace(runtime.manifest, temperature=1.0, tta_threshold=0.0))
+        runtime = ModelRuntime.load(out_dir, threads=2)
     probs, halt = predict_part(runtime, val)
     threshold, sweep = tune_halt_threshold(probs, halt, val.labels)
     threshold = min(threshold, 1.0)  # "never halt early" is 1.0 in a manifest

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from cloud.evaluation.report import REPORT_KEYS
 from cloud.training import finalize as finalize_module
 from cloud.training.config import TrainConfig
 from cloud.training.data import Part, PreparedData
-from cloud.training.finalize import finalize, tune_second_look
+from cloud.training.finalize import calibrate, finalize, tune_second_look
 from cloud.training.trainer import BEST, train
 from wafercore.dataset import WaferDataset
 from wafercore.readers.npz import write_npz
@@ -94,6 +95,30 @@ def test_the_second_look_takes_no_more_wafers_than_the_latency_budget_allows(
     chosen, _ = tune_second_look(runtime, val, budget_steps=100.0)
     fitting = [s for s in sweep if s["looked"] <= share]
     assert chosen == max(fitting, key=lambda s: s["macro_f1"])["threshold"]
+
+
+def test_calibrating_a_calibrated_model_gives_the_same_manifest(
+    area_classifier: Callable[..., Path], tmp_path: Path
+) -> None:
+    maps = Part.of(generate_dataset(6, np.random.default_rng(5), sizes=(20, 40)))
+    models = {
+        name: area_classifier(tmp_path / name, pooled=False, temperature=temperature)
+        for name, temperature in (("fresh", 1.0), ("calibrated", 2.0))  # same weights
+    }
+    # Labels the untrained model gets two times in three: its temperature is then finite.
+    runtime = ModelRuntime.load(models["fresh"])
+    labels = runtime.predict(maps.inputs(runtime.manifest.input, 0, len(maps))).prediction
+    rng = np.random.default_rng(6)
+    labels = np.where(rng.random(len(labels)) < 1 / 3, rng.integers(0, 9, len(labels)), labels)
+    val = Part(raw=maps.raw, grids=maps.grids, labels=labels, shapes=maps.shapes)
+    manifests = []
+    for model in models.values():
+        calibrate(model, val, {"gflops_per_step": 0.01})
+        manifests.append(ModelRuntime.load(model).manifest)
+    fresh, again = manifests
+    assert 0.06 < fresh.temperature < 19  # fitted inside the bounds, so a wrong base shows
+    assert again.temperature == pytest.approx(fresh.temperature, rel=1e-4)
+    assert again.tta_threshold == fresh.tta_threshold
 
 
 def test_evaluate_writes_the_stable_report_and_plots(model_dir: Path, tmp_path: Path) -> None:
