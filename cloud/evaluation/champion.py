@@ -18,16 +18,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from wafercore.dataset import UNLABELLED
-from wafercore.readers.npz import file_sha256, read_npz
-from wafercore.runtime import ModelManifest, ModelRuntime
+from wafercore.readers.npz import file_sha256
+from wafercore.runtime import ModelRuntime
 from wafercore.splits import protocol_split
 
 REPORT_FILE = "report.json"
-SPLIT_FIELDS = ("sha256", "protocol", "val_fraction", "seed")
-"""What fixes a candidate's validation lots (its manifest's data provenance)."""
 OWN_VALIDATION = "its own validation lots"
 
 
@@ -53,14 +48,8 @@ class Candidate:
     params: int
     latency_p99_ms: float
     over_budget: tuple[str, ...]  # what it exceeds; empty when eligible
-    split: tuple[Any, ...]  # SPLIT_FIELDS of its training data
+    split: tuple[Any, ...]  # `cloud.training.data.SPLIT_FIELDS` of its training data
     judged_on: str = OWN_VALIDATION
-
-
-def split_of(manifest: ModelManifest) -> tuple[Any, ...]:
-    """The provenance fields (`SPLIT_FIELDS`) that fix a model's validation lots."""
-    data = manifest.extra.get("data", {})
-    return tuple(data.get(field) for field in SPLIT_FIELDS)
 
 
 def validation_macro_f1(extra: dict[str, Any], tta_threshold: float) -> float:
@@ -79,6 +68,8 @@ def read_candidate(path: Path, budget: Budget) -> Candidate:
         ValueError: the directory has no evaluation report or no validation figures.
         wafercore.runtime.ModelLoadError: the model cannot be served.
     """
+    from cloud.training.data import split_of  # the training stack: only when choosing
+
     manifest = ModelRuntime.load(path).manifest
     report_path = path / REPORT_FILE
     if not report_path.is_file():
@@ -103,7 +94,7 @@ def read_candidate(path: Path, budget: Budget) -> Candidate:
         params=int(report["params"]),
         latency_p99_ms=float(report["latency_ms"]["p99"]),
         over_budget=tuple(over),
-        split=split_of(manifest),
+        split=split_of(manifest.extra.get("data", {})),
     )
 
 
@@ -146,14 +137,13 @@ def common_gate(candidates: list[Candidate], data_path: Path) -> list[Candidate]
     """
     from cloud.evaluation.evaluate import serve_part
     from cloud.evaluation.metrics import macro_f1
-    from cloud.training.data import Part
+    from cloud.training.data import Part, read_labelled
 
     sha = file_sha256(data_path)
     for c in candidates:
         if c.split[0] != sha:
             raise ValueError(f"{c.path} was not trained on {data_path} (another sha256)")
-    dataset = read_npz(data_path)
-    dataset = dataset.subset(np.flatnonzero(dataset.labels != UNLABELLED))
+    dataset = read_labelled(data_path)
     splits = {key: protocol_split(dataset, *key[1:]) for key in {c.split for c in candidates}}
     trained = set().union(*(dataset.lot[s.train].tolist() for s in splits.values()))
     owner = next(

@@ -144,6 +144,21 @@ def prepare(config: DataConfig, data_path: Path, cache_dir: Path, seed: int) -> 
     )
 
 
+SPLIT_FIELDS = ("sha256", "protocol", "val_fraction", "seed")
+"""The provenance fields (`prepare`'s) that fix a run's split, and so its validation lots."""
+
+
+def split_of(provenance: dict[str, Any]) -> tuple[Any, ...]:
+    """The `SPLIT_FIELDS` of a run's data provenance (a manifest's ``extra["data"]``)."""
+    return tuple(provenance.get(field) for field in SPLIT_FIELDS)
+
+
+def read_labelled(data_path: Path) -> WaferDataset:
+    """The labelled rows of ``data_path``, in file order (what every split indexes)."""
+    dataset = read_npz(data_path)
+    return dataset.subset(np.flatnonzero(dataset.labels != UNLABELLED))
+
+
 def evaluation_part(data_path: Path, protocol: str, val_fraction: float, seed: int) -> Part:
     """The test part of a data file for evaluation.
 
@@ -154,8 +169,7 @@ def evaluation_part(data_path: Path, protocol: str, val_fraction: float, seed: i
     Raises:
         ValueError: an unknown protocol, or a file without rows for the test part.
     """
-    dataset = read_npz(data_path)
-    dataset = dataset.subset(np.flatnonzero(dataset.labels != UNLABELLED))
+    dataset = read_labelled(data_path)
     idx = protocol_split(dataset, protocol, val_fraction, seed).test
     if len(idx) == 0:
         raise ValueError(f"{data_path} has no labelled rows for the {protocol} protocol's test")

@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from cloud.export import write_model_dir
 from cloud.training.config import DataConfig
-from cloud.training.data import Part, prepare
+from cloud.training.data import Part, prepare, split_of
 from cloud.training.finalize import calibrate
 from wafercore.readers.npz import file_sha256
 from wafercore.runtime import FEATURES, MODEL_FILE, ModelManifest, ModelRuntime
@@ -141,8 +141,7 @@ def _members_validation(
     manifests: Sequence[ModelManifest], data_path: Path, cache_dir: Path
 ) -> Part:
     """The validation lots every member was calibrated on, from ``data_path``."""
-    fields = ("sha256", "protocol", "val_fraction", "seed")
-    splits = {tuple(m.extra.get("data", {}).get(f) for f in fields) for m in manifests}
+    splits = {split_of(m.extra.get("data", {})) for m in manifests}
     if len(splits) != 1 or None in next(iter(splits)):
         raise ValueError("the members were not validated on the same lots of the same file")
     sha, protocol, val_fraction, seed = splits.pop()
