@@ -163,5 +163,10 @@ def test_concurrent_adds_and_searches_across_the_switch() -> None:
 
     assert not errors and len(index) == 2_000 and not index.exact
     index.ef_search = 400
-    found, _ = index.search(vectors, 1)
-    assert found[:, 0].tolist() == list(range(2_000))
+    found, distances = index.search(vectors, 1)
+    # Every wafer found at distance 0 is found under its own id (no id lost or swapped by the
+    # concurrent adds). HNSW is approximate: the graph depends on the threads' insertion order
+    # and may, rarely, leave a node unreachable, so recall is checked, not assumed to be 1.
+    hit = distances[:, 0] == 0
+    assert found[hit, 0].tolist() == np.flatnonzero(hit).tolist()
+    assert hit.mean() >= 0.995
