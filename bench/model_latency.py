@@ -55,7 +55,8 @@ def main() -> None:
     print(
         f"halting         threshold {runtime.manifest.halt_threshold:.2f}, avg steps "
         f"{served.result.steps.mean():.2f} of {runtime.n_sup} on {len(maps)} wafers; second "
-        f"look below {runtime.manifest.tta_threshold:.2f} for {served.looked.mean():.1%}"
+        f"look ({runtime.manifest.tta_views} views) below {runtime.manifest.tta_threshold:.2f} "
+        f"for {served.looked.mean():.1%}"
     )
     print(
         f"compute         {gflops * steps:.3f} GFLOP/wafer with halting and second looks, "

@@ -194,7 +194,8 @@ def evaluate(
     "--look-below",
     type=click.FloatRange(0, 1),
     default=0.95,
-    help="Average the eight views of maps whose first-pass confidence is below this.",
+    help="Average the views (the teacher's tta_views) of maps whose first-pass confidence "
+    "is below this.",
 )
 @click.pass_obj
 def pseudo_label_command(

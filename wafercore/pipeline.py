@@ -84,7 +84,7 @@ def classify_maps(
         raise ValueError("classify_maps needs at least one map")
     started = time.perf_counter()
     inputs = runtime.prepare(maps)  # the input the model declares
-    # Doubtful wafers get their eight rotations and flips averaged, when the model says so.
+    # Doubtful wafers get their rotations (and flips) averaged, when the model says so.
     first = runtime.predict(inputs)
     predicted = second_look(runtime, inputs, first).result
     novelty = _novelty(runtime.novelty, maps, inputs, runtime.manifest.input)

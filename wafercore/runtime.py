@@ -35,6 +35,9 @@ MANIFEST_FILE = "model.json"
 """Name of the manifest inside a model directory."""
 MANIFEST_SCHEMA = 1
 """Version of the ``model.json`` layout this code writes and reads."""
+TTA_VIEWS = (4, 8)
+"""What a second look may average (`wafercore.second_look.dihedral`'s first 4 or 8 views): the
+rotations only, or the rotations and their mirror images (the default)."""
 DEFAULT_CHUNK = 1024
 """Wafers per ONNX Runtime call when a large batch is classified (bounds memory)."""
 
@@ -73,8 +76,10 @@ class ModelManifest:
         schema: layout version of the manifest itself.
         input: what the model reads (absent from older manifests: the 26x26 tokens).
         tta_threshold: wafers whose first-pass confidence is below it get a second look,
-            the average of their eight rotations and flips (`wafercore.second_look`); 0, the
-            default, never looks twice.
+            the average of their views (`wafercore.second_look`); 0, the default, never looks
+            twice.
+        tta_views: the views a second look averages: 8, the four rotations and their mirror
+            images (the default, what older manifests meant), or 4, the rotations only.
     """
 
     version: str
@@ -90,6 +95,7 @@ class ModelManifest:
     schema: int = MANIFEST_SCHEMA
     input: InputSpec = TOKENS_INPUT
     tta_threshold: float = 0.0
+    tta_views: int = 8
 
     @property
     def input_name(self) -> str:
@@ -122,6 +128,8 @@ class ModelManifest:
             problems.append(f"review_threshold {self.review_threshold} must be in [0, 1]")
         if not 0.0 <= self.tta_threshold <= 1.0:
             problems.append(f"tta_threshold {self.tta_threshold} must be in [0, 1]")
+        if isinstance(self.tta_views, bool) or self.tta_views not in TTA_VIEWS:
+            problems.append(f"tta_views {self.tta_views!r} must be one of {TTA_VIEWS}")
         if not self.class_names or not all(isinstance(n, str) for n in self.class_names):
             problems.append("class_names must be a non-empty list of strings")
         if not _SHA256.match(self.onnx_sha256):
@@ -153,6 +161,8 @@ class ModelManifest:
             data["input"] = self.input.to_json()
         if self.tta_threshold:
             data["tta_threshold"] = self.tta_threshold
+        if self.tta_views != TTA_VIEWS[-1]:
+            data["tta_views"] = self.tta_views
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod

@@ -52,11 +52,12 @@ class Candidate:
     judged_on: str = OWN_VALIDATION
 
 
-def validation_macro_f1(extra: dict[str, Any], tta_threshold: float) -> float:
+def validation_macro_f1(extra: dict[str, Any], tta_threshold: float, tta_views: int) -> float:
     """The validation macro-F1 of the configuration the node serves (halting, second look)."""
     validation = extra.get("validation", {})
     for row in validation.get("second_look", []):
-        if row["threshold"] == tta_threshold:
+        # Sweeps written before the views were tuned swept the eight views only.
+        if row["threshold"] == tta_threshold and row.get("views", 8) == tta_views:
             return float(row["macro_f1"])
     return float(validation["macro_f1_halted"])
 
@@ -87,7 +88,9 @@ def read_candidate(path: Path, budget: Budget) -> Candidate:
     return Candidate(
         path=path,
         version=manifest.version,
-        validation_macro_f1=validation_macro_f1(dict(manifest.extra), manifest.tta_threshold),
+        validation_macro_f1=validation_macro_f1(
+            dict(manifest.extra), manifest.tta_threshold, manifest.tta_views
+        ),
         test_macro_f1=float(report["macro_f1"]),
         test_part=str(report.get("data", {}).get("split", "Test")),
         gflops_per_wafer=float(report["gflops_per_wafer"]),

@@ -147,6 +147,7 @@ def evaluate_model(
     )
     compute["second_look"] = {
         "threshold": manifest.tta_threshold,
+        "views": manifest.tta_views,
         "looked_fraction": float(served.looked.mean()),
         "extra_steps_per_wafer": float(served.extra_steps.mean()),
         "macro_f1_without": macro_f1(

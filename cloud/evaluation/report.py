@@ -45,7 +45,7 @@ REPORT_KEYS: tuple[str, ...] = (
 )
 """Top-level keys every ``report.json`` has."""
 OPTIONAL_KEYS: tuple[str, ...] = (
-    "second_look",  # the doubtful wafers' eight views: threshold, share looked, cost, gain
+    "second_look",  # the doubtful wafers' views: threshold, views, share looked, cost, gain
     "size_buckets",
     "class_names",
     "baselines",

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from cloud.evaluation.evaluate import CHUNK, predict_part
 from cloud.evaluation.metrics import (
@@ -26,7 +27,7 @@ from cloud.models.trm import TinyRecursiveModel, count_parameters, flops_per_ste
 from cloud.training.config import TrainConfig
 from cloud.training.data import Part
 from cloud.training.trainer import load_checkpoint_model
-from wafercore.runtime import ModelRuntime
+from wafercore.runtime import TTA_VIEWS, ModelRuntime
 from wafercore.second_look import VIEWS, dihedral
 
 log = logging.getLogger(__name__)
@@ -36,26 +37,65 @@ SECOND_LOOK_BUDGET_GFLOP = 0.3
 SECOND_LOOK_THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 SECOND_LOOK_MIN_GAIN = 0.002
 """Validation macro-F1 a second look must add to be switched on (else it is noise)."""
-SECOND_LOOK_MAX_SHARE = 0.005
-"""Most validation wafers a second look may take. A looked wafer costs seven more passes (with
-the novelty model about 10 ms on the 2-core CPU, the p99 budget), so the batch-1 p99 stays
-the first pass's only while well under 1% of the stream is looked at; half of that leaves room
-for lots more doubtful than validation's."""
+SECOND_LOOK_MAX_SHARE = {8: 0.005, 4: 0.10}
+"""Most validation wafers a second look of that many views may take. At 8 views a looked wafer
+costs seven more passes (with the novelty model about 10 ms on the 2-core CPU, the p99 budget),
+so the batch-1 p99 stays the first pass's only while well under 1% of the stream is looked at;
+half of that leaves room for lots more doubtful than validation's. At 4 views (the rotations)
+a looked wafer costs three more: cnn-v2.6.1 with its novelty model, every wafer looked, runs at
+p99 6.7 ms, within budget at any share; 10% bounds the mean cost."""
 
 
 def tune_second_look(
     runtime: ModelRuntime, val: Part, *, budget_steps: float
-) -> tuple[float, list[dict[str, float]]]:
-    """The confidence below which the node averages a wafer's eight views, tuned on ``val``.
+) -> tuple[float, int, list[dict[str, float]]]:
+    """The confidence below which the node averages a wafer's views, and how many views
+    (`wafercore.runtime.TTA_VIEWS`), tuned on ``val``.
 
-    The best validation macro-F1 among the thresholds whose average supervision steps per
-    wafer (first pass plus second looks) fit ``budget_steps`` and that look at no more than
-    `SECOND_LOOK_MAX_SHARE` of the wafers; 0 (never look twice) unless a threshold gains at
+    The best validation macro-F1 among the (views, threshold) pairs whose average supervision
+    steps per wafer (first pass plus second looks) fit ``budget_steps`` and that look at no more
+    than `SECOND_LOOK_MAX_SHARE` of the wafers; 0 (never look twice) unless a pair gains at
     least `SECOND_LOOK_MIN_GAIN`.
 
     Returns:
-        The threshold and the sweep (threshold, macro-F1, fraction looked, steps per wafer).
+        The threshold, the views, and the sweep (views, threshold, macro-F1, fraction looked,
+        steps per wafer).
     """
+    probs, steps = _all_views(runtime, val)  # (8, N, C), (8, N)
+    first_confidence = probs[0].max(axis=1)
+    sweep = []
+    for count in sorted(TTA_VIEWS, reverse=True):
+        averaged = probs[:count].mean(axis=0)
+        for threshold in SECOND_LOOK_THRESHOLDS:
+            looked = first_confidence < threshold
+            answer = np.where(looked[:, None], averaged, probs[0])
+            sweep.append(
+                {
+                    "views": count,
+                    "threshold": threshold,
+                    "macro_f1": macro_f1(val.labels, answer.argmax(-1)),
+                    "looked": float(looked.mean()),
+                    "steps_per_wafer": float(
+                        (steps[0] + looked * steps[1:count].sum(axis=0)).mean()
+                    ),
+                }
+            )
+    fitting = [
+        s
+        for s in sweep
+        if s["steps_per_wafer"] <= budget_steps
+        and s["looked"] <= SECOND_LOOK_MAX_SHARE[int(s["views"])]
+    ]
+    best = max(fitting, key=lambda s: s["macro_f1"])
+    if best["macro_f1"] - sweep[0]["macro_f1"] < SECOND_LOOK_MIN_GAIN:
+        return 0.0, VIEWS, sweep
+    return best["threshold"], int(best["views"]), sweep
+
+
+def _all_views(
+    runtime: ModelRuntime, val: Part
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """The model's probabilities (8, N, C) and steps (8, N) on each dihedral view of ``val``."""
     spec = runtime.manifest.input
     views = []
     for k in range(VIEWS):
@@ -69,30 +109,7 @@ def tune_second_look(
                 np.concatenate([c.steps for c in chunks]),
             )
         )
-    probs = np.stack([p for p, _ in views])  # (8, N, C)
-    steps = np.stack([s for _, s in views])  # (8, N)
-    averaged = probs.mean(axis=0)
-    first_confidence = probs[0].max(axis=1)
-    sweep = []
-    for threshold in SECOND_LOOK_THRESHOLDS:
-        looked = first_confidence < threshold
-        answer = np.where(looked[:, None], averaged, probs[0])
-        sweep.append(
-            {
-                "threshold": threshold,
-                "macro_f1": macro_f1(val.labels, answer.argmax(-1)),
-                "looked": float(looked.mean()),
-                "steps_per_wafer": float((steps[0] + looked * steps[1:].sum(axis=0)).mean()),
-            }
-        )
-    fitting = [
-        s
-        for s in sweep
-        if s["steps_per_wafer"] <= budget_steps and s["looked"] <= SECOND_LOOK_MAX_SHARE
-    ]
-    best = max(fitting, key=lambda s: s["macro_f1"])
-    gain = best["macro_f1"] - sweep[0]["macro_f1"]
-    return (best["threshold"] if gain >= SECOND_LOOK_MIN_GAIN else 0.0), sweep
+    return np.stack([p for p, _ in views]), np.stack([s for _, s in views])
 
 
 def finalize(checkpoint: Path, val: Part, out_dir: Path) -> dict[str, Any]:
@@ -130,7 +147,10 @@ def calibrate(out_dir: Path, val: Part, extra: dict[str, Any]) -> dict[str, Any]
     """
     runtime = ModelRuntime.load(out_dir, threads=2)
     if runtime.manifest.temperature != 1.0 or runtime.manifest.tta_threshold != 0.0:
-        rewrite_manifest(out_dir, replace(runtime.manifest, temperature=1.0, tta_threshold=0.0))
+        rewrite_manifest(
+            out_dir,
+            replace(runtime.manifest, temperature=1.0, tta_threshold=0.0, tta_views=VIEWS),
+        )
         runtime = ModelRuntime.load(out_dir, threads=2)
     probs, halt = predict_part(runtime, val)
     threshold, sweep = tune_halt_threshold(probs, halt, val.labels)
@@ -153,14 +173,19 @@ def calibrate(out_dir: Path, val: Part, extra: dict[str, Any]) -> dict[str, Any]
     )
     rewrite_manifest(out_dir, manifest)
     # The second look is tuned on what the node will run: this halting and temperature.
-    tta_threshold, extra["validation"]["second_look"] = tune_second_look(
+    tta_threshold, tta_views, extra["validation"]["second_look"] = tune_second_look(
         ModelRuntime.load(out_dir, threads=2),
         val,
         budget_steps=SECOND_LOOK_BUDGET_GFLOP / extra["gflops_per_step"],
     )
     rewrite_manifest(
         out_dir,
-        replace(manifest, tta_threshold=tta_threshold, extra={**manifest.extra, **extra}),
+        replace(
+            manifest,
+            tta_threshold=tta_threshold,
+            tta_views=tta_views,
+            extra={**manifest.extra, **extra},
+        ),
     )
     log.info(
         "halt threshold %.3f (%.2f steps on val), temperature %.3f",

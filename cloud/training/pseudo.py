@@ -131,8 +131,8 @@ def teacher_predictions(
     """The teacher's class and confidence for every map of ``dataset``.
 
     Each map goes through the teacher's own input; a map whose first-pass confidence is below
-    ``look_below`` gets the second look (its eight views averaged), a better label for the
-    maps that matter most.
+    ``look_below`` gets the second look (its views averaged, as many as the teacher's manifest
+    says), a better label for the maps that matter most.
     """
     n = len(dataset)
     label = np.empty(n, np.int64)

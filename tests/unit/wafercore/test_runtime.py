@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from collections.abc import Callable
@@ -14,7 +15,7 @@ import pytest
 from wafercore.classes import NUM_CLASSES
 from wafercore.encoding import TOKENS
 from wafercore.model_input import TOKENS_INPUT, InputSpec
-from wafercore.runtime import ModelRuntime
+from wafercore.runtime import ModelManifest, ModelRuntime
 
 N_SUP = 3
 
@@ -198,3 +199,14 @@ def test_older_manifests_read_the_token_grid(model_dir: Path) -> None:
     assert runtime.manifest.input == TOKENS_INPUT
     assert "input" not in (model_dir / "model.json").read_text()
     assert runtime.prepare([np.zeros((26, 26), dtype=np.uint8)]).shape == (1, TOKENS)
+
+
+def test_the_second_look_views_are_eight_unless_the_manifest_says_four(model_dir: Path) -> None:
+    manifest = ModelRuntime.load(model_dir).manifest
+    assert manifest.tta_views == 8
+    assert "tta_views" not in manifest.to_json()  # older manifests stay what they were
+    four = dataclasses.replace(manifest, tta_threshold=0.8, tta_views=4)
+    assert ModelManifest.from_json(four.to_json()) == four
+    for bad in (3, 5, True):
+        with pytest.raises(ValueError, match="tta_views"):
+            dataclasses.replace(manifest, tta_views=bad)

@@ -1,4 +1,4 @@
-"""The second look: eight rotations and flips averaged, for doubtful wafers only."""
+"""The second look: the rotations (and their mirror images) averaged, for doubtful wafers only."""
 
 from __future__ import annotations
 
@@ -67,3 +67,52 @@ def test_the_manifest_threshold_decides_by_default(runtime: ModelRuntime, tmp_pa
     eager = ModelRuntime.load(eager_dir)
     assert eager.manifest.tta_threshold == 1.0
     assert second_look(eager, inputs, eager.predict(inputs)).looked.all()
+
+
+def test_the_other_seven_views_go_through_the_model_in_one_batch(
+    runtime: ModelRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dataset = generate_dataset(2, np.random.default_rng(9))
+    inputs = runtime.prepare([dataset.map(i) for i in range(len(dataset))])
+    first = runtime.predict(inputs)
+    batches: list[int] = []
+    predict = runtime.predict
+
+    def counting(x: np.ndarray) -> object:
+        batches.append(len(x))
+        return predict(x)
+
+    monkeypatch.setattr(runtime, "predict", counting)
+    looked = second_look(runtime, inputs, first, 1.01)  # every wafer is doubtful
+    assert looked.looked.all()
+    assert batches == [(VIEWS - 1) * len(inputs)]
+
+
+def test_four_views_average_the_rotations_only(runtime: ModelRuntime) -> None:
+    dataset = generate_dataset(1, np.random.default_rng(10))
+    inputs = runtime.prepare([dataset.map(i) for i in range(len(dataset))])
+    first = runtime.predict(inputs)
+    looked = second_look(runtime, inputs, first, 1.01, views=4)
+    assert looked.looked.all()
+    rotations = [runtime.predict(dihedral(inputs, TOKENS_INPUT, k)) for k in range(4)]
+    expected = np.mean([v.probabilities for v in rotations], axis=0)
+    assert looked.result.probabilities == pytest.approx(expected, abs=1e-6)
+    assert looked.extra_steps.tolist() == np.sum([v.steps for v in rotations[1:]], axis=0).tolist()
+    eight = second_look(runtime, inputs, first, 1.01, views=8).result.probabilities
+    assert not np.allclose(eight, looked.result.probabilities)  # the mirror images count there
+    with pytest.raises(ValueError, match="views"):
+        second_look(runtime, inputs, first, 1.01, views=3)
+
+
+def test_the_manifest_says_how_many_views(runtime: ModelRuntime, tmp_path: Path) -> None:
+    inputs = runtime.prepare([generate_dataset(1, np.random.default_rng(11)).map(0)])
+    four_dir = tmp_path / "four"
+    shutil.copytree(shipped_model_dir("trm-v1.0.0"), four_dir)
+    manifest = dataclasses.replace(runtime.manifest, tta_threshold=1.0, tta_views=4)
+    (four_dir / MANIFEST_FILE).write_text(manifest.to_json())
+    four = ModelRuntime.load(four_dir)
+    assert four.manifest.tta_views == 4
+    first = four.predict(inputs)
+    assert second_look(four, inputs, first).result.probabilities == pytest.approx(
+        second_look(four, inputs, first, views=4).result.probabilities
+    )

@@ -67,10 +67,17 @@ def test_finalize_tunes_halting_and_temperature_on_validation(model_dir: Path) -
     assert runtime.manifest.temperature == pytest.approx(extra["validation"]["temperature"])
     # The second look: swept on validation at this halting, switched on only if it pays.
     sweep = extra["validation"]["second_look"]
-    assert [s["threshold"] for s in sweep] == [0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+    thresholds = [0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+    assert [(s["views"], s["threshold"]) for s in sweep] == [(8, t) for t in thresholds] + [
+        (4, t) for t in thresholds
+    ]
     assert sweep[0]["looked"] == 0.0
     assert sweep[0]["steps_per_wafer"] == pytest.approx(extra["validation"]["avg_steps"])
     assert all(s["steps_per_wafer"] >= sweep[0]["steps_per_wafer"] for s in sweep)
+    # Four views cost fewer steps than eight at every threshold.
+    for eight, four in zip(sweep[:7], sweep[7:], strict=True):
+        assert four["looked"] == eight["looked"]
+        assert four["steps_per_wafer"] <= eight["steps_per_wafer"]
     chosen = runtime.manifest.tta_threshold
     if chosen:
         best = max(sweep, key=lambda s: s["macro_f1"])
@@ -83,18 +90,26 @@ def test_the_second_look_takes_no_more_wafers_than_the_latency_budget_allows(
     runtime = ModelRuntime.load(model_dir)
     val = Part.of(generate_dataset(6, np.random.default_rng(2), sizes=(20, 40)))
     monkeypatch.setattr(finalize_module, "SECOND_LOOK_MIN_GAIN", -1.0)  # any fitting one wins
-    monkeypatch.setattr(finalize_module, "SECOND_LOOK_MAX_SHARE", 1.0)
-    unlimited, sweep = tune_second_look(runtime, val, budget_steps=100.0)
+    monkeypatch.setattr(finalize_module, "SECOND_LOOK_MAX_SHARE", {8: 1.0, 4: 1.0})
+    threshold, views, sweep = tune_second_look(runtime, val, budget_steps=100.0)
     best = max(sweep, key=lambda s: s["macro_f1"])
-    assert unlimited == best["threshold"]
+    assert (threshold, views) == (best["threshold"], best["views"])
     # Allowed to look at no wafer: only "never look twice" fits.
-    monkeypatch.setattr(finalize_module, "SECOND_LOOK_MAX_SHARE", 0.0)
+    monkeypatch.setattr(finalize_module, "SECOND_LOOK_MAX_SHARE", {8: 0.0, 4: 0.0})
     assert tune_second_look(runtime, val, budget_steps=100.0)[0] == 0.0
     share = max(s["looked"] for s in sweep if s["looked"] < 1.0)
-    monkeypatch.setattr(finalize_module, "SECOND_LOOK_MAX_SHARE", share)
-    chosen, _ = tune_second_look(runtime, val, budget_steps=100.0)
+    monkeypatch.setattr(finalize_module, "SECOND_LOOK_MAX_SHARE", {8: share, 4: share})
+    threshold, views, _ = tune_second_look(runtime, val, budget_steps=100.0)
     fitting = [s for s in sweep if s["looked"] <= share]
-    assert chosen == max(fitting, key=lambda s: s["macro_f1"])["threshold"]
+    best = max(fitting, key=lambda s: s["macro_f1"])
+    assert (threshold, views) == (best["threshold"], best["views"])
+    # Eight views allowed no wafer: only the four-view rows (or never) can be chosen.
+    monkeypatch.setattr(finalize_module, "SECOND_LOOK_MAX_SHARE", {8: 0.0, 4: 1.0})
+    threshold, views, _ = tune_second_look(runtime, val, budget_steps=100.0)
+    fitting = [s for s in sweep if s["views"] == 4 or s["looked"] == 0.0]
+    best = max(fitting, key=lambda s: s["macro_f1"])
+    assert threshold == best["threshold"]
+    assert threshold == 0.0 or views == 4
 
 
 def test_calibrating_a_calibrated_model_gives_the_same_manifest(
