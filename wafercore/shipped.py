@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-DEFAULT_MODEL_VERSION = "cnn-v2.4.1"
+DEFAULT_MODEL_VERSION = "cnn-v2.6.1"
 """The model the edge, the fab server and the demo serve until told otherwise."""
 
 
