@@ -37,7 +37,9 @@ MANIFEST_SCHEMA = 1
 """Version of the ``model.json`` layout this code writes and reads."""
 TTA_VIEWS = (4, 8)
 """What a second look may average (`wafercore.second_look.dihedral`'s first 4 or 8 views): the
-rotations only, or the rotations and their mirror images (the default)."""
+rotations only, or the rotations and their mirror images."""
+DEFAULT_TTA_VIEWS = 8
+"""The views of a manifest that names none: what every manifest before ``tta_views`` meant."""
 DEFAULT_CHUNK = 1024
 """Wafers per ONNX Runtime call when a large batch is classified (bounds memory)."""
 
@@ -95,7 +97,7 @@ class ModelManifest:
     schema: int = MANIFEST_SCHEMA
     input: InputSpec = TOKENS_INPUT
     tta_threshold: float = 0.0
-    tta_views: int = 8
+    tta_views: int = DEFAULT_TTA_VIEWS
 
     @property
     def input_name(self) -> str:
@@ -161,7 +163,7 @@ class ModelManifest:
             data["input"] = self.input.to_json()
         if self.tta_threshold:
             data["tta_threshold"] = self.tta_threshold
-        if self.tta_views != TTA_VIEWS[-1]:
+        if self.tta_views != DEFAULT_TTA_VIEWS:
             data["tta_views"] = self.tta_views
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from wafercore.readers.npz import file_sha256
-from wafercore.runtime import ModelRuntime
+from wafercore.runtime import DEFAULT_TTA_VIEWS, ModelRuntime
 from wafercore.splits import protocol_split
 
 REPORT_FILE = "report.json"
@@ -56,8 +56,9 @@ def validation_macro_f1(extra: dict[str, Any], tta_threshold: float, tta_views: 
     """The validation macro-F1 of the configuration the node serves (halting, second look)."""
     validation = extra.get("validation", {})
     for row in validation.get("second_look", []):
-        # Sweeps written before the views were tuned swept the eight views only.
-        if row["threshold"] == tta_threshold and row.get("views", 8) == tta_views:
+        # Sweeps written before the views were tuned have no "views": the default ones.
+        views = row.get("views", DEFAULT_TTA_VIEWS)
+        if row["threshold"] == tta_threshold and views == tta_views:
             return float(row["macro_f1"])
     return float(validation["macro_f1_halted"])
 

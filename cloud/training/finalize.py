@@ -27,7 +27,7 @@ from cloud.models.trm import TinyRecursiveModel, count_parameters, flops_per_ste
 from cloud.training.config import TrainConfig
 from cloud.training.data import Part
 from cloud.training.trainer import load_checkpoint_model
-from wafercore.runtime import TTA_VIEWS, ModelRuntime
+from wafercore.runtime import DEFAULT_TTA_VIEWS, TTA_VIEWS, ModelRuntime
 from wafercore.second_look import VIEWS, dihedral
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def tune_second_look(
     ]
     best = max(fitting, key=lambda s: s["macro_f1"])
     if best["macro_f1"] - sweep[0]["macro_f1"] < SECOND_LOOK_MIN_GAIN:
-        return 0.0, VIEWS, sweep
+        return 0.0, DEFAULT_TTA_VIEWS, sweep
     return best["threshold"], int(best["views"]), sweep
 
 
@@ -149,7 +149,9 @@ def calibrate(out_dir: Path, val: Part, extra: dict[str, Any]) -> dict[str, Any]
     if runtime.manifest.temperature != 1.0 or runtime.manifest.tta_threshold != 0.0:
         rewrite_manifest(
             out_dir,
-            replace(runtime.manifest, temperature=1.0, tta_threshold=0.0, tta_views=VIEWS),
+            replace(
+                runtime.manifest, temperature=1.0, tta_threshold=0.0, tta_views=DEFAULT_TTA_VIEWS
+            ),
         )
         runtime = ModelRuntime.load(out_dir, threads=2)
     probs, halt = predict_part(runtime, val)
